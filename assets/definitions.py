@@ -1,0 +1,31 @@
+"""The one ``Definitions`` of vitforge. Resources are picked by $VITFORGE_DEPLOYMENT (local | prod)."""
+
+
+import os
+
+from dagster import Definitions, EnvVar, FilesystemIOManager
+
+from assets.checks import check_dataset_valid
+from assets.dataset import dataset
+from assets.resources import MlflowTracking, ProjectResource
+
+project = ProjectResource()
+
+RESOURCES = {
+    "local": {
+        "project": project,
+        "mlflow": MlflowTracking(project=project),
+        "io_manager": FilesystemIOManager(base_dir=str(project.path / ".dagster" / "storage")),
+    },
+    "prod": {
+        "project": project,
+        "mlflow": MlflowTracking(project=project, tracking_uri=EnvVar("MLFLOW_TRACKING_URI")),
+        "io_manager": FilesystemIOManager(base_dir=str(project.path / ".dagster" / "storage")),
+    },
+}
+
+defs = Definitions(
+    assets=[dataset],
+    asset_checks=[check_dataset_valid],
+    resources=RESOURCES[os.environ.get("VITFORGE_DEPLOYMENT", "local")],
+)

@@ -1,0 +1,69 @@
+"""The project's parameters: one file, params.yaml, read in one place.
+
+DVC tracks params.yaml for every stage; the Dagster ``Config`` classes and the
+CLI read their defaults from here, so no default lives twice.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_root() -> Path:
+    """The folder that holds params.yaml: $VITFORGE_ROOT, else the checkout this package lives in."""
+    env = os.environ.get("VITFORGE_ROOT")
+    return Path(env).resolve() if env else PACKAGE_ROOT
+
+
+@lru_cache(maxsize=8)
+def _load(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        params = yaml.safe_load(f)
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: expected a mapping of stage names to parameters")
+    return params
+
+
+def load_params(root: Path | None = None) -> dict[str, Any]:
+    """params.yaml of ``root`` (default: the project root), falling back to the packaged defaults."""
+    path = (root or project_root()) / "params.yaml"
+    if not path.exists():
+        path = PACKAGE_ROOT / "params.yaml"
+    return _load(str(path))
+
+
+def section(name: str, root: Path | None = None) -> dict[str, Any]:
+    """One stage's parameters; a missing section is an error naming it."""
+    params = load_params(root)
+    if name not in params:
+        raise KeyError(f"params.yaml has no section {name!r}")
+    return params[name]
+
+
+def resolve(path: str | Path, root: Path | None = None) -> Path:
+    """A path from params.yaml: relative ones are taken from the project root."""
+    p = Path(path)
+    return p if p.is_absolute() else (root or project_root()) / p
+
+
+def git_sha() -> str:
+    """The commit the code runs from, with ``-dirty`` when the work tree has changes."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PACKAGE_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha

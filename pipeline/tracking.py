@@ -1,0 +1,100 @@
+"""MLflow tracking for every stage: one run per stage, the same way from the CLI and Dagster.
+
+The embedded default is a SQLite store at ``mlflow/mlflow.db`` with artifacts under
+``mlflow/artifacts`` (both relative to the project root); a server URI works too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.params import git_sha, resolve
+
+log = logging.getLogger(__name__)
+
+
+def absolute_tracking_uri(uri: str, root: Path) -> str:
+    """``sqlite:///relative.db`` is taken from the project root, not the current directory."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        db = resolve(uri[len(prefix):], root)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return prefix + str(db)
+    return uri
+
+
+@dataclass
+class Tracker:
+    tracking_uri: str
+    experiment: str
+    artifact_root: Path
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], root: Path) -> Tracker:
+        m = params["mlflow"]
+        return cls(absolute_tracking_uri(m["tracking_uri"], root), m["experiment"], resolve(m["artifact_root"], root))
+
+    def _experiment_id(self) -> str:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        exp = mlflow.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        self.artifact_root.mkdir(parents=True, exist_ok=True)
+        return mlflow.create_experiment(self.experiment, artifact_location=self.artifact_root.resolve().as_uri())
+
+    @contextmanager
+    def run(self, stage: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
+        """An MLflow run for ``stage``, tagged with the stage, the git SHA and ``tags``."""
+        import mlflow
+
+        exp_id = self._experiment_id()
+        all_tags = {"vitforge.stage": stage, "git_sha": git_sha(), **(tags or {})}
+        with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=all_tags) as run:
+            log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, self.tracking_uri)
+            yield run
+
+    def run_url(self, run_id: str) -> str:
+        """Where a person finds the run: the server page, or the store plus run id."""
+        if self.tracking_uri.startswith("http"):
+            import mlflow
+
+            exp_id = mlflow.get_run(run_id).info.experiment_id
+            return f"{self.tracking_uri}/#/experiments/{exp_id}/runs/{run_id}"
+        return f"{self.tracking_uri}#runs/{run_id}"
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(json.dumps(obj, indent=1, sort_keys=True, default=str), artifact_file)
+
+
+def log_figure(fig: Any, artifact_file: str) -> str:
+    """Log a matplotlib figure as a PNG; return its artifact URI (for Dagster metadata)."""
+    import matplotlib.pyplot as plt
+
+    import mlflow
+
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)
+    return f"{mlflow.get_artifact_uri()}/{artifact_file}"
+
+
+def log_file(path: Path, artifact_path: str | None = None) -> str:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
+    return f"{mlflow.get_artifact_uri()}/{(artifact_path + '/') if artifact_path else ''}{Path(path).name}"
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="vitforge-")
