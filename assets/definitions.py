@@ -8,6 +8,7 @@ from dagster import Definitions, EnvVar, FilesystemIOManager
 from assets.checks import check_dataset_valid
 from assets.dataset import dataset
 from assets.resources import MlflowTracking, ProjectResource
+from assets.training import pretrained_backbone, supernet
 
 project = ProjectResource()
 
@@ -25,7 +26,7 @@ RESOURCES = {
 }
 
 defs = Definitions(
-    assets=[dataset],
+    assets=[dataset, pretrained_backbone, supernet],
     asset_checks=[check_dataset_valid],
     resources=RESOURCES[os.environ.get("VITFORGE_DEPLOYMENT", "local")],
 )

@@ -56,13 +56,46 @@ def cmd_stage_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stage_pretrain(args: argparse.Namespace) -> int:
+    from pipeline.stages.common import dataset_ref
+    from pipeline.stages.pretrain import run_pretrain
+
+    params = load_params(args.root)
+    res = run_pretrain(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params),
+                       resume=args.resume)
+    print(f"MAE pre-training: {res.steps} steps, final loss {res.final_loss:.4f}, {res.images_per_s:.0f} images/s")
+    print(f"weights {res.weights}  (MLflow run {res.mlflow_run_id})")
+    return 0
+
+
+def cmd_stage_supernet(args: argparse.Namespace) -> int:
+    from pipeline.params import resolve
+    from pipeline.stages.common import dataset_ref
+    from pipeline.stages.supernet import run_supernet
+
+    params = load_params(args.root)
+    backbone = resolve(params["pretrain"]["out_dir"], args.root) / "backbone.safetensors"
+    res = run_supernet(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params),
+                       str(backbone) if backbone.exists() else None, resume=args.resume)
+    print(f"supernet: {res.steps} steps; val top-1 per arch:")
+    for name, acc in res.val_top1.items():
+        print(f"  {name:<28} {acc:.4f}")
+    print(f"weights {res.weights}  (MLflow run {res.mlflow_run_id})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole chain, as far as it is built, on the packaged digits."""
     start = time.perf_counter()
-    args.data, args.format, args.skip_invalid = None, None, False
-    rc = cmd_stage_dataset(args)
+    args.data, args.format, args.skip_invalid, args.resume = None, None, False, False
+    for name, step in [("dataset", cmd_stage_dataset), ("pretrain", cmd_stage_pretrain),
+                       ("supernet", cmd_stage_supernet)]:
+        print(f"== {name}", flush=True)
+        rc = step(args)
+        if rc:
+            return rc
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
-    return rc
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["imagefolder", "coco"])
     p.add_argument("--skip-invalid", action="store_true", help="drop bad files instead of failing, listing each")
     p.set_defaults(func=cmd_stage_dataset)
+    p = stages.add_parser("pretrain", help="MAE pre-training of the largest ViT")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=cmd_stage_pretrain)
+    p = stages.add_parser("supernet", help="weight-sharing supernet training from the MAE weights")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=cmd_stage_supernet)
     return parser
 
 

@@ -34,3 +34,32 @@ def curve(values: list[float], title: str, ylabel: str, xlabel: str = "step"):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def image_rows(rows: dict[str, np.ndarray], title: str):
+    """Rows of images (each (N, H, W, 3) floats in [0, 1]), one row per name: e.g. masked / reconstruction / original."""
+    names = list(rows)
+    n = rows[names[0]].shape[0]
+    fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n, 1.3 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(np.clip(rows[name][c], 0, 1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def bar_table(values: dict[str, float], title: str, xlabel: str):
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2))
+    ax.barh(names, [values[n] for n in names])
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

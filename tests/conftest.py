@@ -67,3 +67,33 @@ def set_params(root: Path, **overrides) -> dict:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     _load.cache_clear()
     return params
+
+
+TINY = {
+    "space__patch_size": 4, "space__img_sizes": [8, 16], "space__depths": [1, 2], "space__embed_dims": [16, 32],
+    "space__num_heads": [2, 4], "space__mlp_ratios": [1.0, 2.0],
+    "pretrain__epochs": 1, "pretrain__batch_size": 64, "pretrain__decoder_dim": 16, "pretrain__decoder_depth": 1,
+    "pretrain__decoder_heads": 2, "pretrain__warmup_steps": 2, "pretrain__checkpoint_every": 5,
+    "pretrain__threads": 1,
+    "supernet__epochs": 1, "supernet__batch_size": 64, "supernet__warmup_steps": 2, "supernet__checkpoint_every": 5,
+    "supernet__eval_random_archs": 2, "supernet__threads": 1,
+    "dataset__demo_image_size": 16,
+}
+
+
+@pytest.fixture(scope="session")
+def digits_dataset(digits_dir, tmp_path_factory) -> Path:
+    """The digits with a manifest, as the dataset stage leaves them (no DVC: for training tests)."""
+    from pipeline.data import build_manifest, read_dataset
+
+    folder = tmp_path_factory.mktemp("digits_ds") / "dataset"
+    shutil.copytree(digits_dir, folder)
+    build_manifest(read_dataset(folder), 0.1, 0.1).write(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_project(project) -> Path:
+    """A project root whose params.yaml has a tiny search space and one-epoch schedules."""
+    set_params(project, **TINY)
+    return project

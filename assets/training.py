@@ -1,0 +1,56 @@
+"""Assets ``pretrained_backbone`` (MAE) and ``supernet`` (weight-sharing training)."""
+
+from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
+from pydantic import Field
+
+from assets.metadata import artifact, mlflow_run
+from assets.resources import MlflowTracking, ProjectResource
+from pipeline.params import section
+from pipeline.stages.pretrain import run_pretrain
+from pipeline.stages.supernet import run_supernet
+
+_PRE = section("pretrain")
+_SUP = section("supernet")
+
+
+class PretrainConfig(Config):
+    epochs: int = Field(default=_PRE["epochs"], description="passes over every image")
+    lr: float = _PRE["lr"]
+    resume: bool = Field(default=False, description="continue from the last checkpoint")
+
+
+class SupernetConfig(Config):
+    epochs: int = Field(default=_SUP["epochs"], description="passes over the train split")
+    lr: float = _SUP["lr"]
+    resume: bool = Field(default=False, description="continue from the last checkpoint")
+
+
+@asset(group_name="training", description="MAE pre-training of the largest ViT of the search space (labels unused).")
+def pretrained_backbone(context: AssetExecutionContext, config: PretrainConfig, dataset: dict,
+                        project: ProjectResource, mlflow: MlflowTracking) -> Output[dict]:
+    tracker = mlflow.tracker()
+    res = run_pretrain(project.path, project.params(), tracker, dataset, tags={"dagster_run_id": context.run_id},
+                       resume=config.resume, overrides={"epochs": config.epochs, "lr": config.lr})
+    context.log.info(f"MAE: {res.steps} steps, final loss {res.final_loss:.4f}, {res.images_per_s:.0f} images/s")
+    return Output(res.to_dict(), metadata={
+        "final_loss": res.final_loss, "steps": res.steps, "images_per_s": res.images_per_s,
+        "weights": MetadataValue.path(res.weights), "dataset_version": res.dataset_version,
+        "loss_curve": artifact(res.loss_curve_uri), "reconstructions": artifact(res.reconstructions_uri),
+        **mlflow_run(tracker, res.mlflow_run_id),
+    })
+
+
+@asset(group_name="training", description="Weight-sharing ViT supernet fine-tuned on the labels (sandwich rule).")
+def supernet(context: AssetExecutionContext, config: SupernetConfig, dataset: dict, pretrained_backbone: dict,
+             project: ProjectResource, mlflow: MlflowTracking) -> Output[dict]:
+    tracker = mlflow.tracker()
+    res = run_supernet(project.path, project.params(), tracker, dataset, pretrained_backbone["weights"],
+                       tags={"dagster_run_id": context.run_id}, resume=config.resume,
+                       overrides={"epochs": config.epochs, "lr": config.lr})
+    context.log.info(f"supernet val top-1: {res.val_top1}")
+    return Output(res.to_dict(), metadata={
+        "val_top1": MetadataValue.json(res.val_top1), "steps": res.steps,
+        "weights": MetadataValue.path(res.weights), "dataset_version": res.dataset_version,
+        "loss_curve": artifact(res.loss_curve_uri), "val_top1_plot": artifact(res.val_top1_uri),
+        **mlflow_run(tracker, res.mlflow_run_id),
+    })

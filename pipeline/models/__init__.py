@@ -1,0 +1,1 @@
+"""Models: the weight-sharing ViT supernet. Knows no MLflow and no Dagster."""

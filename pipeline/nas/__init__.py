@@ -1,0 +1,1 @@
+"""Hardware-aware architecture search: supernet training, latency model, evolutionary search."""

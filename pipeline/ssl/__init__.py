@@ -1,0 +1,1 @@
+"""Self-supervised pre-training (MAE) of the supernet's largest encoder."""

@@ -1,0 +1,57 @@
+"""Stage ``supernet``: weight-sharing training from the MAE weights, per-arch val top-1 to MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import plots
+from pipeline.nas.supernet_train import train_supernet
+from pipeline.params import resolve
+from pipeline.stages.common import provenance
+from pipeline.tracking import Tracker, log_figure, log_file, log_json
+
+
+@dataclass
+class SupernetStageResult:
+    weights: str
+    dataset_version: str
+    steps: int
+    val_top1: dict[str, float]
+    archs: dict[str, dict]
+    mlflow_run_id: str
+    loss_curve_uri: str
+    val_top1_uri: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_supernet(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[str, Any],
+                 backbone: str | None, *, tags: dict[str, str] | None = None, resume: bool = False,
+                 overrides: dict[str, Any] | None = None) -> SupernetStageResult:
+    p = params["supernet"]
+    out_dir = resolve(p["out_dir"], root)
+    with tracker.run("supernet", {"dataset_version": dataset["version"], **(tags or {})}) as run:
+        import mlflow
+
+        mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"} | {"backbone": backbone or "random init"})
+        res = train_supernet(Path(dataset["tracked_dir"]), out_dir, params,
+                             backbone=Path(backbone) if backbone else None, resume=resume,
+                             meta=provenance(dataset, tags), overrides=overrides)
+        for i in range(0, len(res.train.history), max(1, len(res.train.history) // 200)):
+            mlflow.log_metric("loss", res.train.history[i], step=i)
+        mlflow.log_metrics({f"val_top1.{name}": acc for name, acc in res.val_top1.items()})
+        mlflow.log_metric("images_per_s", res.train.images_per_s)
+        table = [{"arch": name, **res.archs[name], "val_top1": acc} for name, acc in res.val_top1.items()]
+        mlflow.log_table({k: [row[k] for row in table] for k in table[0]}, "val_top1.json")
+        log_json(table, "val_top1_table.json")
+        curve_uri = log_figure(plots.curve(res.train.history, "supernet (sandwich rule)", "summed loss"),
+                               "loss_curve.png")
+        top1_uri = log_figure(plots.bar_table(res.val_top1, "supernet: val top-1 per arch", "top-1"),
+                              "val_top1.png")
+        log_file(res.weights, "checkpoint")
+        run_id = run.info.run_id
+    return SupernetStageResult(str(res.weights), dataset["version"], res.train.steps, res.val_top1, res.archs,
+                               run_id, curve_uri, top1_uri)

@@ -1,0 +1,87 @@
+"""The weight-sharing supernet: subnets are plain timm ViTs equal to the supernet at their arch."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.models.supernet import Arch, SearchSpace, Supernet, arch_flops, arch_params, extract_subnet
+
+SPACE = {"patch_size": 4, "img_sizes": [16, 24, 32], "depths": [1, 2, 3], "embed_dims": [24, 48, 96],
+         "num_heads": [2, 3, 4], "mlp_ratios": [1.0, 2.0, 4.0]}
+
+
+@pytest.fixture(scope="module")
+def trained_supernet() -> Supernet:
+    torch.manual_seed(0)
+    net = Supernet(SearchSpace.from_params(SPACE, num_classes=7))
+    with torch.no_grad():  # random weights everywhere, so no slice hides behind zeros or ones
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    return net.eval()
+
+
+def test_extracted_subnets_equal_the_supernet(trained_supernet):
+    space = trained_supernet.space
+    rng = random.Random(0)
+    archs = {space.largest(), space.smallest()}
+    while len(archs) < 12:
+        archs.add(space.sample(rng))
+    x = torch.randn(3, 3, 32, 32)
+    for arch in sorted(archs):
+        sub = extract_subnet(trained_supernet, arch)
+        assert type(sub) is VisionTransformer
+        assert len(sub.blocks) == arch.depth and sub.embed_dim == arch.embed_dim
+        x_in = F.interpolate(x, size=(arch.img_size, arch.img_size), mode="bilinear", antialias=True,
+                             align_corners=False)
+        with torch.no_grad():
+            diff = (trained_supernet(x, arch) - sub(x_in)).abs().max().item()
+        assert diff < 1e-5, (arch, diff)
+
+
+def test_subnets_share_weights_by_slicing(trained_supernet):
+    small = trained_supernet.space.smallest()
+    sub = extract_subnet(trained_supernet, small)
+    big = trained_supernet.vit.state_dict()
+    d = small.embed_dim
+    assert torch.equal(sub.blocks[0].mlp.fc1.weight, big["blocks.0.mlp.fc1.weight"][: int(d * small.mlp_ratio), :d])
+    q_rows = big["blocks.0.attn.qkv.weight"][:d, :d]
+    assert torch.equal(sub.blocks[0].attn.qkv.weight[:d], q_rows)
+
+
+def test_gradients_reach_the_shared_weights():
+    net = Supernet(SearchSpace.from_params(SPACE, num_classes=3))
+    arch = net.space.smallest()
+    net(torch.randn(2, 3, 32, 32), arch).sum().backward()
+    g = net.vit.blocks[0].attn.qkv.weight.grad
+    assert g is not None and g[: arch.embed_dim, : arch.embed_dim].abs().sum() > 0
+    assert net.vit.blocks[-1].attn.qkv.weight.grad is None  # depth 1: the last block is not used
+
+
+@pytest.mark.parametrize("arch", [Arch(3, 96, 4, 4.0, 32), Arch(1, 24, 2, 1.0, 16), Arch(2, 48, 3, 2.0, 24)])
+def test_flops_and_params_are_computed_not_guessed(arch):
+    space = SearchSpace.from_params(SPACE, num_classes=10)
+    net = Supernet(space)
+    sub = extract_subnet(net, arch)
+    for blk in sub.blocks:
+        blk.attn.fused_attn = False  # the counter does not see CPU's fused attention kernel
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        sub(torch.randn(1, 3, arch.img_size, arch.img_size))
+    assert arch_flops(arch, space) == counter.get_total_flops()
+    assert arch_params(arch, space) == sum(p.numel() for p in sub.parameters())
+
+
+def test_space_bounds_come_from_params():
+    space = SearchSpace.from_params(SPACE)
+    assert space.largest() == Arch(3, 96, 4, 4.0, 32)
+    assert space.smallest() == Arch(1, 24, 2, 1.0, 16)
+    assert all(space.valid(a) for a in space.all_archs())
+    with pytest.raises(ValueError, match="img_sizes: 30 is not a multiple of patch_size 4"):
+        SearchSpace.from_params({**SPACE, "img_sizes": [30]})
+    with pytest.raises(ValueError, match="outside the search space"):
+        Supernet(space)(torch.randn(1, 3, 32, 32), Arch(9, 96, 4, 4.0, 32))
