@@ -5,9 +5,11 @@ import os
 
 from dagster import Definitions, EnvVar, FilesystemIOManager
 
+from assets.architecture import architecture
 from assets.checks import check_dataset_valid
 from assets.dataset import dataset
 from assets.resources import MlflowTracking, ProjectResource
+from assets.sensors import targets_sensor
 from assets.training import pretrained_backbone, supernet
 
 project = ProjectResource()
@@ -26,7 +28,8 @@ RESOURCES = {
 }
 
 defs = Definitions(
-    assets=[dataset, pretrained_backbone, supernet],
+    assets=[dataset, pretrained_backbone, supernet, architecture],
+    sensors=[targets_sensor],
     asset_checks=[check_dataset_valid],
     resources=RESOURCES[os.environ.get("VITFORGE_DEPLOYMENT", "local")],
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.data.errors import DatasetError
 from pipeline.params import load_params, project_root
+from pipeline.targets.schema import TargetError
 
 
 def _tracker(root: Path, params: dict):
@@ -84,12 +85,59 @@ def cmd_stage_supernet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stage_search(args: argparse.Namespace) -> int:
+    from pipeline.params import resolve
+    from pipeline.stages.common import dataset_ref
+    from pipeline.stages.search import run_search
+
+    params = load_params(args.root)
+    weights = resolve(params["supernet"]["out_dir"], args.root) / "supernet.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no supernet yet; run `vitforge stage supernet` first")
+    res = run_search(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), str(weights),
+                     args.target)
+    _write_json(resolve(params["search"]["out_dir"], args.root) / f"{args.target}.json", res.to_dict())
+    print(f"target {res.target}: budget {res.budget_ms:g} ms, latency model MAPE {100 * res.latency_mape:.1f} % "
+          f"(max {100 * res.latency_max_error:.1f} %)")
+    print(f"chosen   {res.arch}  val top-1 {res.val_top1:.4f}  p50 {res.measured_p50_ms:.3f} ms (measured)")
+    print(f"largest  {res.largest_arch}  val top-1 {res.largest_val_top1:.4f}  p50 {res.largest_p50_ms:.3f} ms")
+    print(f"speedup  {res.largest_p50_ms / res.measured_p50_ms:.1f}x; {res.evaluated} archs evaluated; "
+          f"MLflow run {res.mlflow_run_id}")
+    return 0
+
+
+def cmd_targets_list(args: argparse.Namespace) -> int:
+    from pipeline.params import resolve
+    from pipeline.targets import TargetError, list_targets, load_target
+
+    params = load_params(args.root)
+    print(f"{'target':<16} {'runtime':<12} {'device':<12} {'precision':<9} {'batch':>5} {'budget_ms':>9}  measurable here")
+    for name, path in list_targets(resolve(params["targets_dir"], args.root)).items():
+        try:
+            t = load_target(path)
+        except TargetError as err:
+            print(f"{name:<16} invalid: {err}")
+            continue
+        ok, why = t.measurable_here()
+        print(f"{name:<16} {t.runtime:<12} {t.device:<12} {t.precision:<9} {t.batch_size:>5} "
+              f"{t.latency_budget_ms:>9g}  {'yes' if ok else 'no'} ({why})")
+    return 0
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=str))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole chain, as far as it is built, on the packaged digits."""
     start = time.perf_counter()
     args.data, args.format, args.skip_invalid, args.resume = None, None, False, False
+    args.target = load_params(args.root)["demo"]["target"]
     for name, step in [("dataset", cmd_stage_dataset), ("pretrain", cmd_stage_pretrain),
-                       ("supernet", cmd_stage_supernet)]:
+                       ("supernet", cmd_stage_supernet), (f"search {args.target}", cmd_stage_search)]:
         print(f"== {name}", flush=True)
         rc = step(args)
         if rc:
@@ -124,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("supernet", help="weight-sharing supernet training from the MAE weights")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_stage_supernet)
+    p = stages.add_parser("search", help="latency model + hardware-aware search for one target")
+    p.add_argument("--target", required=True, help="a file name (without .yaml) in infra/targets/")
+    p.set_defaults(func=cmd_stage_search)
+
+    targets = sub.add_parser("targets", help="hardware targets")
+    tsub = targets.add_subparsers(dest="targets_cmd", required=True)
+    p = tsub.add_parser("list", help="each target with its budget and whether it can be measured here")
+    p.set_defaults(func=cmd_targets_list)
     return parser
 
 
@@ -134,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (DatasetError, ValueError, KeyError, FileNotFoundError) as err:
+    except (DatasetError, TargetError, ValueError, KeyError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2

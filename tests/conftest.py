@@ -78,6 +78,9 @@ TINY = {
     "supernet__epochs": 1, "supernet__batch_size": 64, "supernet__warmup_steps": 2, "supernet__checkpoint_every": 5,
     "supernet__eval_random_archs": 2, "supernet__threads": 1,
     "dataset__demo_image_size": 16,
+    "latency__n_fit": 8, "latency__n_holdout": 4, "latency__warmup": 2, "latency__runs": 10,
+    "search__population": 4, "search__generations": 2, "search__parents": 2, "search__mutations_per_gen": 2,
+    "search__crossovers_per_gen": 2,
 }
 
 
@@ -97,3 +100,15 @@ def tiny_project(project) -> Path:
     """A project root whose params.yaml has a tiny search space and one-epoch schedules."""
     set_params(project, **TINY)
     return project
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``trt`` need TensorRT and a GPU: skipped, with the reason, where tensorrt cannot be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        return
+    skip = pytest.mark.skip(reason="tensorrt is not installed on this machine")
+    for item in items:
+        if "trt" in item.keywords:
+            item.add_marker(skip)

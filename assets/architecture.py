@@ -1,0 +1,60 @@
+"""Asset ``architecture[target]``: the most accurate subnet that meets the target's budget, measured."""
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from assets.metadata import artifact, mlflow_run
+from assets.partitions import targets_partitions
+from assets.resources import MlflowTracking, ProjectResource
+from pipeline.stages.search import run_search
+
+
+class ArchitectureConfig(Config):
+    """Run settings only: the arch itself flows to ``model`` as data."""
+
+    refit_latency_model: bool = False
+
+
+@asset(
+    group_name="search", partitions_def=targets_partitions,
+    description="Latency model fitted on the target, evolutionary search under its budget, chosen arch measured.",
+    check_specs=[
+        AssetCheckSpec("check_architecture_latency_model_error", asset="architecture", blocking=True,
+                       description="Latency-model MAPE on held-out subnets within latency.max_mape"),
+        AssetCheckSpec("check_architecture_within_budget", asset="architecture", blocking=True,
+                       description="The chosen arch's measured p50 is within the target's budget"),
+    ],
+)
+def architecture(context: AssetExecutionContext, config: ArchitectureConfig, dataset: dict, supernet: dict,
+                 project: ProjectResource, mlflow: MlflowTracking):
+    target = context.partition_key
+    params = project.params()
+    if config.refit_latency_model:
+        (project.path / params["latency"]["out_dir"] / f"{target}.json").unlink(missing_ok=True)
+    tracker = mlflow.tracker()
+    res = run_search(project.path, params, tracker, dataset, supernet["weights"], target,
+                     tags={"dagster_run_id": context.run_id})
+    context.log.info(f"{target}: chose {res.arch} (val top-1 {res.val_top1:.4f}, p50 {res.measured_p50_ms:.3f} ms)")
+    yield Output(res.to_dict(), metadata={
+        "arch": MetadataValue.json(res.arch), "val_top1": res.val_top1,
+        "measured_p50_ms": res.measured_p50_ms, "budget_ms": res.budget_ms,
+        "speedup_vs_largest": res.largest_p50_ms / res.measured_p50_ms,
+        "latency_model_mape": res.latency_mape, "pareto_front": MetadataValue.json(res.front),
+        "pareto_plot": artifact(res.pareto_uri), "latency_model_plot": artifact(res.latency_scatter_uri),
+        **mlflow_run(tracker, res.mlflow_run_id),
+    })
+    max_mape = params["latency"]["max_mape"]
+    yield AssetCheckResult(
+        check_name="check_architecture_latency_model_error", passed=res.latency_mape <= max_mape,
+        metadata={"mape": res.latency_mape, "max_error": res.latency_max_error, "threshold": max_mape})
+    yield AssetCheckResult(
+        check_name="check_architecture_within_budget", passed=res.measured_p50_ms <= res.budget_ms,
+        metadata={"measured_p50_ms": res.measured_p50_ms, "budget_ms": res.budget_ms,
+                  "tried": MetadataValue.json(res.tried)})

@@ -1,0 +1,140 @@
+"""Evolutionary search for the most accurate subnet under a target's latency budget.
+
+Fitness is weight-sharing val top-1 (the supernet run at the arch, no training);
+latency comes from the target's latency model, so an arch over budget is never
+evaluated. Every evaluated arch is kept, and with it the Pareto front (lower
+latency, higher top-1). The chosen arch is then measured for real on the target;
+if it misses the budget, the next most accurate arch of the front is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+from pipeline.models.supernet import Arch, SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    arch: Arch
+    top1: float
+    predicted_ms: float
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch.to_dict(), "name": self.arch.short(), "top1": self.top1,
+                "predicted_ms": self.predicted_ms}
+
+
+@dataclass
+class SearchSettings:
+    population: int
+    generations: int
+    parents: int
+    mutations_per_gen: int
+    crossovers_per_gen: int
+    mutation_prob: float
+    seed: int
+
+    @classmethod
+    def from_params(cls, p: dict, seed: int) -> SearchSettings:
+        return cls(**{k: p[k] for k in cls.__dataclass_fields__ if k != "seed"}, seed=seed)
+
+
+def pareto_front(cands: list[Candidate]) -> list[Candidate]:
+    """Candidates no other beats on both latency and top-1, by rising latency (and so rising top-1)."""
+    front: list[Candidate] = []
+    for c in sorted(cands, key=lambda c: (c.predicted_ms, -c.top1)):
+        if not front or c.top1 > front[-1].top1:
+            front.append(c)
+    return front
+
+
+def mutate(arch: Arch, space: SearchSpace, rng: random.Random, prob: float) -> Arch:
+    genes = {"depth": space.depths, "embed_dim": space.embed_dims, "mlp_ratio": space.mlp_ratios,
+             "img_size": space.img_sizes}
+    new = arch
+    for name, choices in genes.items():
+        if rng.random() < prob:
+            new = replace(new, **{name: rng.choice(choices)})
+    heads = [h for h in space.num_heads if new.embed_dim % h == 0]
+    if new.num_heads not in heads or rng.random() < prob:
+        new = replace(new, num_heads=rng.choice(heads)) if heads else arch
+    return new
+
+
+def crossover(a: Arch, b: Arch, space: SearchSpace, rng: random.Random) -> Arch:
+    child = Arch(**{k: rng.choice([getattr(a, k), getattr(b, k)]) for k in asdict(a)})
+    if child.embed_dim % child.num_heads:
+        child = replace(child, num_heads=rng.choice([h for h in space.num_heads if child.embed_dim % h == 0]))
+    return child
+
+
+def evolutionary_search(
+    space: SearchSpace,
+    evaluate: Callable[[Arch], float],
+    predict_ms: Callable[[Arch], float],
+    budget_ms: float,
+    settings: SearchSettings,
+    allowed: Callable[[Arch], bool] = lambda a: True,
+) -> tuple[list[Candidate], list[Candidate]]:
+    """Return (every evaluated candidate, the Pareto front of those within budget)."""
+    rng = random.Random(settings.seed)
+    seen: dict[Arch, Candidate] = {}
+
+    def feasible(a: Arch) -> bool:
+        return space.valid(a) and allowed(a) and predict_ms(a) <= budget_ms
+
+    def score(a: Arch) -> Candidate:
+        if a not in seen:
+            seen[a] = Candidate(a, evaluate(a), predict_ms(a))
+        return seen[a]
+
+    def draw(make: Callable[[], Arch], n: int, pool: set[Arch]) -> None:
+        tries = 0
+        target = len(pool) + n
+        while len(pool) < target and tries < 50 * n:
+            tries += 1
+            a = make()
+            if a not in pool and feasible(a):
+                pool.add(a)
+
+    population: set[Arch] = set()
+    if feasible(space.smallest()):
+        population.add(space.smallest())
+    draw(lambda: space.sample(rng), settings.population - len(population), population)
+    if not population:
+        raise ValueError(f"no arch of the space is predicted to meet the budget of {budget_ms} ms")
+    for gen in range(settings.generations):
+        ranked = sorted((score(a) for a in population), key=lambda c: (-c.top1, c.predicted_ms))
+        parents = [c.arch for c in ranked[: settings.parents]]
+        log.info("generation %d: best %s top-1 %.4f (%.3f ms predicted)", gen, ranked[0].arch.short(),
+                 ranked[0].top1, ranked[0].predicted_ms)
+        children: set[Arch] = set(parents)
+        draw(lambda: mutate(rng.choice(parents), space, rng, settings.mutation_prob),
+             settings.mutations_per_gen, children)
+        draw(lambda: crossover(rng.choice(parents), rng.choice(parents), space, rng),
+             settings.crossovers_per_gen, children)
+        draw(lambda: space.sample(rng), max(0, settings.population - len(children)), children)
+        population = children
+    for a in population:
+        score(a)
+    evaluated = list(seen.values())
+    return evaluated, pareto_front(evaluated)
+
+
+def choose(front: list[Candidate], measure_ms: Callable[[Arch], float], budget_ms: float
+           ) -> tuple[Candidate, float, list[dict]]:
+    """The most accurate front arch whose *measured* latency meets the budget: (it, its p50, all tries)."""
+    tried = []
+    for cand in sorted(front, key=lambda c: (-c.top1, c.predicted_ms)):
+        measured = measure_ms(cand.arch)
+        tried.append({**cand.to_dict(), "measured_ms": measured, "within_budget": measured <= budget_ms})
+        if measured <= budget_ms:
+            return cand, measured, tried
+        log.info("%s measured %.3f ms > budget %.3f ms; trying the next best", cand.arch.short(), measured, budget_ms)
+    raise ValueError(f"no arch of the Pareto front meets the budget of {budget_ms} ms when measured: {tried}")

@@ -1,0 +1,119 @@
+"""Stage ``search``: latency model for a target, evolutionary search, the chosen arch measured for real."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import plots
+from pipeline.data.tensors import load_split, normalize
+from pipeline.models.supernet import Arch
+from pipeline.nas.latency_model import LatencyModel, load_or_fit, measure_arch
+from pipeline.nas.search import SearchSettings, choose, evolutionary_search
+from pipeline.nas.supernet_train import evaluate, load_supernet
+from pipeline.params import resolve
+from pipeline.targets import Target, TargetError, list_targets, load_target
+from pipeline.tracking import Tracker, log_figure, log_json
+
+
+@dataclass
+class SearchStageResult:
+    target: str
+    arch: dict[str, Any]
+    val_top1: float
+    predicted_ms: float
+    measured_p50_ms: float
+    budget_ms: float
+    latency_mape: float
+    latency_max_error: float
+    largest_arch: dict[str, Any]
+    largest_val_top1: float
+    largest_p50_ms: float
+    evaluated: int
+    front: list[dict]
+    tried: list[dict]
+    latency_model_path: str
+    supernet_weights: str
+    dataset_version: str
+    mlflow_run_id: str
+    pareto_uri: str
+    latency_scatter_uri: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_target(root: Path, params: dict[str, Any], name: str) -> tuple[Target, Path]:
+    folder = resolve(params["targets_dir"], root)
+    files = list_targets(folder)
+    if name not in files:
+        raise TargetError(f"unknown target {name!r}: no {folder / (name + '.yaml')} (known: {sorted(files)})")
+    target = load_target(files[name])
+    ok, why = target.measurable_here()
+    if not ok:
+        raise TargetError(f"target {name!r} cannot be measured on this machine: {why}")
+    return target, files[name]
+
+
+def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[str, Any], supernet_weights: str,
+               target_name: str, *, tags: dict[str, str] | None = None) -> SearchStageResult:
+    target, target_path = resolve_target(root, params, target_name)
+    lp, sp = params["latency"], params["search"]
+    mean, std = params["model"]["mean"], params["model"]["std"]
+    net, _ = load_supernet(Path(supernet_weights))
+    space = net.space
+
+    latency = load_or_fit(resolve(lp["out_dir"], root) / f"{target.name}.json", space, target, target_path,
+                          n_fit=lp["n_fit"], n_holdout=lp["n_holdout"], warmup=lp["warmup"], runs=lp["runs"],
+                          seed=params["seed"], mean=mean, std=std)
+    images, y_val = load_split(Path(dataset["tracked_dir"]), "val", space.largest().img_size)
+    x_val = normalize(images, mean, std)
+
+    def measure(arch: Arch) -> float:
+        with tempfile.TemporaryDirectory(prefix="vitforge-measure-") as tmp:
+            return measure_arch(arch, space, target, Path(tmp), warmup=lp["warmup"], runs=lp["runs"], mean=mean,
+                                std=std)
+
+    evaluated, front = evolutionary_search(
+        space, lambda a: evaluate(net, a, x_val, y_val), lambda a: latency.predict(a, space),
+        target.latency_budget_ms, SearchSettings.from_params(sp, params["seed"]),
+        allowed=lambda a: target.input_size is None or a.img_size == target.input_size)
+    chosen, measured, tried = choose(front, measure, target.latency_budget_ms)
+    largest = space.largest()
+    largest_ms = measure(largest)
+    largest_top1 = evaluate(net, largest, x_val, y_val)
+
+    with tracker.run("search", {"dataset_version": dataset["version"], "target": target.name, **(tags or {})}) as run:
+        import mlflow
+
+        mlflow.log_params({f"arch.{k}": v for k, v in chosen.arch.to_dict().items()}
+                          | {"target": target.name, "budget_ms": target.latency_budget_ms}
+                          | {f"search.{k}": v for k, v in sp.items() if k != "out_dir"})
+        mlflow.log_metrics({"latency_model_mape": latency.mape, "latency_model_max_error": latency.max_error,
+                            "val_top1": chosen.top1, "predicted_ms": chosen.predicted_ms, "measured_p50_ms": measured,
+                            "largest_p50_ms": largest_ms, "largest_val_top1": largest_top1,
+                            "speedup_vs_largest": largest_ms / measured, "evaluated_archs": len(evaluated)})
+        ev = [c.to_dict() for c in evaluated]
+        fr = [c.to_dict() for c in front]
+        pareto_uri = log_figure(plots.pareto(ev, fr, target.latency_budget_ms, chosen.to_dict(),
+                                             f"search on {target.name}"), "pareto.png")
+        fit_pairs = [(m.p50_ms, latency.predict(Arch(**m.arch), space)) for m in latency.fit]
+        scatter_uri = log_figure(plots.predicted_vs_measured(
+            fit_pairs, latency.holdout_pairs(space),
+            f"{target.name}: MAPE {100 * latency.mape:.1f} % (held out)"), "latency_model.png")
+        log_json(fr, "pareto_front.json")
+        log_json(ev, "evaluated.json")
+        log_json(tried, "measured_choices.json")
+        mlflow.log_artifact(str(resolve(lp["out_dir"], root) / f"{target.name}.json"), "latency_model")
+        run_id = run.info.run_id
+    return SearchStageResult(
+        target.name, chosen.arch.to_dict(), chosen.top1, chosen.predicted_ms, measured, target.latency_budget_ms,
+        latency.mape, latency.max_error, largest.to_dict(), largest_top1, largest_ms, len(evaluated), fr, tried,
+        str(resolve(lp["out_dir"], root) / f"{target.name}.json"), supernet_weights, dataset["version"], run_id,
+        pareto_uri, scatter_uri)
+
+
+def latency_model_for(path: str) -> LatencyModel:
+    return LatencyModel.load(Path(path))

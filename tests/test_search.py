@@ -1,0 +1,60 @@
+"""Evolutionary search: budget respected, Pareto-ordered front, real measurement decides."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.models.supernet import Arch, SearchSpace, arch_flops
+from pipeline.nas.search import Candidate, SearchSettings, choose, evolutionary_search, pareto_front
+
+SPACE = SearchSpace.from_params({"patch_size": 4, "img_sizes": [16, 24, 32], "depths": [1, 2, 3, 4, 6],
+                                 "embed_dims": [32, 64, 96, 128], "num_heads": [2, 4],
+                                 "mlp_ratios": [1.0, 2.0, 4.0]}, num_classes=10)
+SETTINGS = SearchSettings(population=12, generations=5, parents=4, mutations_per_gen=4, crossovers_per_gen=4,
+                          mutation_prob=0.3, seed=0)
+
+
+def predict(a: Arch) -> float:  # a stand-in latency model: proportional to FLOPs
+    return arch_flops(a, SPACE) / 1e7
+
+
+def accuracy(a: Arch) -> float:  # bigger is better, with diminishing returns
+    return 1 - 1 / (1 + arch_flops(a, SPACE) / 1e6)
+
+
+def test_search_respects_the_budget_and_returns_a_pareto_front():
+    budget = predict(SPACE.largest()) / 10
+    evaluated, front = evolutionary_search(SPACE, accuracy, predict, budget, SETTINGS)
+    assert len(evaluated) > SETTINGS.population
+    assert all(c.predicted_ms <= budget for c in evaluated)
+    lat = [c.predicted_ms for c in front]
+    top1 = [c.top1 for c in front]
+    assert lat == sorted(lat) and all(a < b for a, b in zip(top1, top1[1:], strict=False))
+    for c in evaluated:  # nothing evaluated dominates a front member
+        assert not any(o.predicted_ms <= c.predicted_ms and o.top1 > c.top1 for o in front) or c not in front
+    best = max(evaluated, key=lambda c: c.top1)
+    assert front[-1].top1 == best.top1
+    # with a monotone accuracy, evolution climbs close to the budget
+    assert front[-1].predicted_ms > 0.5 * budget
+
+
+def test_impossible_budget_is_a_clear_error():
+    with pytest.raises(ValueError, match="no arch of the space is predicted to meet the budget"):
+        evolutionary_search(SPACE, accuracy, predict, 1e-9, SETTINGS)
+
+
+def test_pareto_front_of_hand_made_points():
+    a = [Candidate(Arch(1, 32, 2, 1.0, 16), 0.5, 1.0), Candidate(Arch(2, 32, 2, 1.0, 16), 0.4, 2.0),
+         Candidate(Arch(3, 32, 2, 1.0, 16), 0.7, 3.0), Candidate(Arch(4, 32, 2, 1.0, 16), 0.7, 4.0)]
+    assert [c.top1 for c in pareto_front(a)] == [0.5, 0.7]
+    assert [c.predicted_ms for c in pareto_front(a)] == [1.0, 3.0]
+
+
+def test_choose_falls_back_when_the_measurement_misses_the_budget():
+    front = [Candidate(Arch(1, 32, 2, 1.0, 16), 0.6, 1.0), Candidate(Arch(2, 32, 2, 1.0, 16), 0.8, 1.9)]
+    measured = {front[0].arch: 0.9, front[1].arch: 2.4}  # the best one is slower than predicted
+    chosen, ms, tried = choose(front, measured.__getitem__, budget_ms=2.0)
+    assert chosen is front[0] and ms == 0.9
+    assert [t["within_budget"] for t in tried] == [False, True]
+    with pytest.raises(ValueError, match="no arch of the Pareto front meets the budget"):
+        choose(front, measured.__getitem__, budget_ms=0.5)
