@@ -10,6 +10,7 @@ from assets.checks import check_dataset_valid
 from assets.dataset import dataset
 from assets.resources import MlflowTracking, ProjectResource
 from assets.sensors import targets_sensor
+from assets.shipping import edge_package, model
 from assets.training import pretrained_backbone, supernet
 
 project = ProjectResource()
@@ -28,7 +29,7 @@ RESOURCES = {
 }
 
 defs = Definitions(
-    assets=[dataset, pretrained_backbone, supernet, architecture],
+    assets=[dataset, pretrained_backbone, supernet, architecture, model, edge_package],
     sensors=[targets_sensor],
     asset_checks=[check_dataset_valid],
     resources=RESOURCES[os.environ.get("VITFORGE_DEPLOYMENT", "local")],

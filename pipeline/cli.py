@@ -106,12 +106,62 @@ def cmd_stage_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_json(path: Path, hint: str) -> dict:
+    import json
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run `{hint}` first")
+    return json.loads(path.read_text())
+
+
+def cmd_stage_finetune(args: argparse.Namespace) -> int:
+    from pipeline.params import resolve
+    from pipeline.stages.common import dataset_ref
+    from pipeline.stages.finetune import run_finetune
+
+    params = load_params(args.root)
+    arch = _read_json(resolve(params["search"]["out_dir"], args.root) / f"{args.target}.json",
+                      f"vitforge stage search --target {args.target}")
+    res = run_finetune(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), arch,
+                       resume=args.resume)
+    _write_json(resolve(params["finetune"]["out_dir"], args.root) / args.target / "result.json", res.to_dict())
+    print(f"fine-tuned {res.arch} for {args.target}: test top-1 {res.test_top1:.4f} ({res.steps} steps, "
+          f"{res.train_seconds:.0f} s); weights {res.weights}")
+    return 0
+
+
+def cmd_stage_package(args: argparse.Namespace) -> int:
+    from pipeline.params import resolve
+    from pipeline.stages.common import dataset_ref
+    from pipeline.stages.package import run_package
+
+    params = load_params(args.root)
+    arch = _read_json(resolve(params["search"]["out_dir"], args.root) / f"{args.target}.json",
+                      f"vitforge stage search --target {args.target}")
+    model = _read_json(resolve(params["finetune"]["out_dir"], args.root) / args.target / "result.json",
+                       f"vitforge stage finetune --target {args.target}")
+    res = run_package(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), model, arch,
+                      args.target)
+    _write_json(resolve(params["export"]["out_dir"], args.root) / args.target / "result.json", res.to_dict())
+    for gate in res.gates:
+        print(f"{'PASS' if gate['passed'] else 'FAIL'}  {gate['name']}")
+    lat = res.package["latency"]
+    print(f"{args.target}: p50 {res.p50_ms:.3f} ms, p99 {res.p99_ms:.3f} ms ({lat['how']['engine_version']}, "
+          f"{lat['how']['threads']} thread(s), batch {lat['how']['batch_size']}, {lat['runs']} runs)")
+    if res.registered_version is None:
+        print("a gate failed: nothing registered, no alias moved", file=sys.stderr)
+        return 1
+    print(f"registered {res.registered_model} version {res.registered_version} as {res.candidate_alias}")
+    return 0
+
+
 def cmd_targets_list(args: argparse.Namespace) -> int:
     from pipeline.params import resolve
     from pipeline.targets import TargetError, list_targets, load_target
 
     params = load_params(args.root)
-    print(f"{'target':<16} {'runtime':<12} {'device':<12} {'precision':<9} {'batch':>5} {'budget_ms':>9}  measurable here")
+    header = f"{'target':<16} {'runtime':<12} {'device':<12} {'precision':<9} {'batch':>5} {'budget_ms':>9}"
+    print(header + "  measurable here")
     for name, path in list_targets(resolve(params["targets_dir"], args.root)).items():
         try:
             t = load_target(path)
@@ -137,13 +187,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.data, args.format, args.skip_invalid, args.resume = None, None, False, False
     args.target = load_params(args.root)["demo"]["target"]
     for name, step in [("dataset", cmd_stage_dataset), ("pretrain", cmd_stage_pretrain),
-                       ("supernet", cmd_stage_supernet), (f"search {args.target}", cmd_stage_search)]:
+                       ("supernet", cmd_stage_supernet), (f"search {args.target}", cmd_stage_search),
+                       (f"finetune {args.target}", cmd_stage_finetune), (f"package {args.target}", cmd_stage_package)]:
         print(f"== {name}", flush=True)
         rc = step(args)
         if rc:
             return rc
+    _print_summary(args.root, args.target)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _print_summary(root: Path, target: str) -> None:
+    from pipeline.params import resolve
+
+    params = load_params(root)
+    arch = _read_json(resolve(params["search"]["out_dir"], root) / f"{target}.json", "search")
+    pkg = _read_json(resolve(params["export"]["out_dir"], root) / target / "result.json", "package")
+    rows = [("dataset version", arch["dataset_version"]),
+            ("target", f"{target} (budget {arch['budget_ms']:g} ms)"),
+            ("arch", ", ".join(f"{k}={v}" for k, v in arch["arch"].items())),
+            ("test top-1 (engine)", f"{pkg['test_top1']:.4f}"),
+            ("latency p50 / p99", f"{pkg['p50_ms']:.3f} / {pkg['p99_ms']:.3f} ms"),
+            ("largest arch p50", f"{arch['largest_p50_ms']:.3f} ms"),
+            ("speedup vs largest", f"{arch['largest_p50_ms'] / pkg['p50_ms']:.1f}x"),
+            ("registered", f"{pkg['registered_model']} v{pkg['registered_version']} @{pkg['candidate_alias']}")]
+    print("\n== summary")
+    for k, v in rows:
+        print(f"  {k:<22} {v}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = stages.add_parser("search", help="latency model + hardware-aware search for one target")
     p.add_argument("--target", required=True, help="a file name (without .yaml) in infra/targets/")
     p.set_defaults(func=cmd_stage_search)
+    p = stages.add_parser("finetune", help="fine-tune the arch the search chose for a target")
+    p.add_argument("--target", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=cmd_stage_finetune)
+    p = stages.add_parser("package", help="export, check parity and latency on the target, register")
+    p.add_argument("--target", required=True)
+    p.set_defaults(func=cmd_stage_package)
 
     targets = sub.add_parser("targets", help="hardware targets")
     tsub = targets.add_subparsers(dest="targets_cmd", required=True)

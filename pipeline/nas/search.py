@@ -115,9 +115,9 @@ def evolutionary_search(
         log.info("generation %d: best %s top-1 %.4f (%.3f ms predicted)", gen, ranked[0].arch.short(),
                  ranked[0].top1, ranked[0].predicted_ms)
         children: set[Arch] = set(parents)
-        draw(lambda: mutate(rng.choice(parents), space, rng, settings.mutation_prob),
+        draw(lambda ps=parents: mutate(rng.choice(ps), space, rng, settings.mutation_prob),
              settings.mutations_per_gen, children)
-        draw(lambda: crossover(rng.choice(parents), rng.choice(parents), space, rng),
+        draw(lambda ps=parents: crossover(rng.choice(ps), rng.choice(ps), space, rng),
              settings.crossovers_per_gen, children)
         draw(lambda: space.sample(rng), max(0, settings.population - len(children)), children)
         population = children

@@ -1,0 +1,64 @@
+"""Assets ``model[target]`` (fine-tuned subnet) and ``edge_package[target]`` (proven, registered)."""
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+)
+from pydantic import Field
+
+from assets.metadata import artifact, mlflow_run
+from assets.partitions import targets_partitions
+from assets.resources import MlflowTracking, ProjectResource
+from pipeline.params import section
+from pipeline.stages.finetune import run_finetune
+from pipeline.stages.package import run_package
+
+_FT = section("finetune")
+
+GATES = ["check_edge_package_parity", "check_edge_package_latency_budget", "check_edge_package_accuracy_vs_champion"]
+
+
+class ModelConfig(Config):
+    epochs: int = Field(default=_FT["epochs"], description="passes over the train split")
+    lr: float = _FT["lr"]
+    resume: bool = Field(default=False, description="continue from the last checkpoint")
+
+
+@asset(group_name="ship", partitions_def=targets_partitions,
+       description="The chosen subnet as a plain timm ViT, fine-tuned and evaluated on the test split.")
+def model(context: AssetExecutionContext, config: ModelConfig, dataset: dict, architecture: dict,
+          project: ProjectResource, mlflow: MlflowTracking) -> Output[dict]:
+    tracker = mlflow.tracker()
+    res = run_finetune(project.path, project.params(), tracker, dataset, architecture,
+                       tags={"dagster_run_id": context.run_id}, resume=config.resume,
+                       overrides={"epochs": config.epochs, "lr": config.lr})
+    context.log.info(f"{res.target}: test top-1 {res.test_top1:.4f}")
+    return Output(res.to_dict(), metadata={
+        "test_top1": res.test_top1, "arch": MetadataValue.json(res.arch), "weights": MetadataValue.path(res.weights),
+        "confusion_matrix": artifact(res.confusion_uri), **mlflow_run(tracker, res.mlflow_run_id)})
+
+
+@asset(group_name="ship", partitions_def=targets_partitions,
+       description="ONNX (+ engine) proven on the target: parity, latency; registered as candidate if all pass.",
+       check_specs=[AssetCheckSpec(name, asset="edge_package", blocking=True) for name in GATES])
+def edge_package(context: AssetExecutionContext, dataset: dict, model: dict, architecture: dict,
+                 project: ProjectResource, mlflow: MlflowTracking):
+    tracker = mlflow.tracker()
+    res = run_package(project.path, project.params(), tracker, dataset, model, architecture, context.partition_key,
+                      tags={"dagster_run_id": context.run_id})
+    context.log.info(f"{res.target}: p50 {res.p50_ms:.3f} ms, top-1 {res.test_top1:.4f}, "
+                     f"registered version {res.registered_version}")
+    yield Output(res.to_dict(), metadata={
+        "registered_model": res.registered_model,
+        "registered_version": res.registered_version or "none: a gate failed",
+        "latency_p50_ms": res.p50_ms, "latency_p99_ms": res.p99_ms, "test_top1": res.test_top1,
+        "package": MetadataValue.path(res.package["folder"]),
+        "latency_histogram": artifact(res.latency_histogram_uri), **mlflow_run(tracker, res.mlflow_run_id)})
+    for gate in res.gates:
+        yield AssetCheckResult(check_name=gate["name"], passed=gate["passed"],
+                               metadata={k: v for k, v in gate["details"].items() if isinstance(v, (int, float, str))})

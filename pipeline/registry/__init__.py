@@ -1,0 +1,1 @@
+"""The gates a package must pass, and the MLflow model registry."""

@@ -1,0 +1,77 @@
+"""Stage ``package``: edge package for a target, its gates, and (only if all pass) registration."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import plots
+from pipeline.export.package import build_package
+from pipeline.params import git_sha, resolve
+from pipeline.registry.gates import champion_gate, latency_gate, parity_gate
+from pipeline.registry.mlflow_registry import alias, champion_of, register_package, version_tags
+from pipeline.stages.search import resolve_target
+from pipeline.tracking import Tracker, log_figure, log_json
+
+
+@dataclass
+class PackageStageResult:
+    target: str
+    package: dict[str, Any]
+    gates: list[dict[str, Any]]
+    registered_model: str
+    registered_version: str | None  # None: a gate failed and nothing was registered
+    candidate_alias: str
+    test_top1: float
+    p50_ms: float
+    p99_ms: float
+    mlflow_run_id: str
+    latency_histogram_uri: str
+
+    @property
+    def passed(self) -> bool:
+        return all(g["passed"] for g in self.gates)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[str, Any], model: dict[str, Any],
+                architecture: dict[str, Any] | None, target_name: str, *,
+                tags: dict[str, str] | None = None) -> PackageStageResult:
+    target, _ = resolve_target(root, params, target_name)
+    out_dir = resolve(params["export"]["out_dir"], root) / target.name
+    model_name = params["registry"]["model_name"]
+    with tracker.run("package", {"dataset_version": dataset["version"], "target": target.name, **(tags or {})}) as run:
+        import mlflow
+
+        pkg = build_package(Path(model["weights"]), Path(dataset["tracked_dir"]), out_dir, target, params)
+        lat, par = pkg.latency, pkg.parity
+        gates = [parity_gate(par, params["export"]),
+                 latency_gate(lat.p50_ms, lat.p99_ms, target.latency_budget_ms),
+                 champion_gate(par.engine_test_top1, champion_of(model_name, target.name),
+                               params["registry"]["champion_tolerance"])]
+        mlflow.log_params({"target": target.name, "precision": target.precision, "optimizer": pkg.optimizer,
+                           **{f"arch.{k}": v for k, v in pkg.arch.items()}})
+        mlflow.log_metrics({"latency_p50_ms": lat.p50_ms, "latency_p90_ms": lat.p90_ms, "latency_p99_ms": lat.p99_ms,
+                            "parity_max_abs_diff": par.max_abs_diff, "parity_top1_agreement": par.top1_agreement,
+                            "engine_test_top1": par.engine_test_top1, "torch_test_top1": par.torch_test_top1,
+                            **{f"gate.{g.name}": float(g.passed) for g in gates}})
+        hist_uri = log_figure(plots.histogram(lat.samples_ms, f"{target.name}: {lat.runs} runs after {lat.warmup} "
+                                              f"warm-up", "latency (ms)"), "latency_histogram.png")
+        log_json(lat.to_dict(), "latency_report.json")
+        log_json(par.to_dict(), "parity_report.json")
+        log_json([g.to_dict() for g in gates], "gates.json")
+        version = None
+        if all(g.passed for g in gates):
+            mape = architecture.get("latency_mape") if architecture else None
+            version = register_package(pkg, model_name, version_tags(
+                pkg, dataset_version=dataset["version"], git_sha=git_sha(),
+                dagster_run_id=(tags or {}).get("dagster_run_id", ""), params=params,
+                test_top1=par.engine_test_top1, latency_mape=mape))
+        mlflow.set_tag("registered_version", version or "none: a gate failed")
+        run_id = run.info.run_id
+    return PackageStageResult(target.name, pkg.to_dict(), [g.to_dict() for g in gates], model_name, version,
+                              alias("candidate", target.name), par.engine_test_top1, lat.p50_ms, lat.p99_ms, run_id,
+                              hist_uri)
