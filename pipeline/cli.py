@@ -266,8 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     args.root = (args.root or project_root()).resolve()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from dvc.exceptions import DvcException
+
     try:
         return args.func(args)
+    except DvcException as err:
+        print(f"error: dvc: {err}", file=sys.stderr)
+        return 2
     except (DatasetError, TargetError, ValueError, KeyError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)

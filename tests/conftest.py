@@ -44,13 +44,16 @@ def digits_dir(tmp_path_factory) -> Path:
     return dest
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh project root: the repo's params.yaml and a DVC repo with its own local remote."""
-    root = tmp_path / "project"
-    root.mkdir()
+def make_project(root: Path) -> Path:
+    root.mkdir(parents=True)
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh project root: the repo's params.yaml; DVC repo and MLflow store made on first use."""
+    return make_project(tmp_path / "project")
 
 
 def set_params(root: Path, **overrides) -> dict:
@@ -81,6 +84,9 @@ TINY = {
     "latency__n_fit": 8, "latency__n_holdout": 4, "latency__warmup": 2, "latency__runs": 10,
     "search__population": 4, "search__generations": 2, "search__parents": 2, "search__mutations_per_gen": 2,
     "search__crossovers_per_gen": 2,
+    "finetune__epochs": 2, "finetune__threads": 1, "finetune__warmup_steps": 2, "finetune__checkpoint_every": 10,
+    "finetune__lr": 3.0e-3,
+    "export__warmup": 2, "export__runs": 10, "export__parity_images": 32, "export__calibration_images": 32,
 }
 
 

@@ -11,6 +11,7 @@ from assets.dataset import dataset
 from assets.partitions import targets_partitions
 from assets.resources import MlflowTracking, ProjectResource
 from assets.sensors import targets_sensor
+from assets.shipping import edge_package, model
 from assets.training import pretrained_backbone, supernet
 from pipeline.params import PACKAGE_ROOT
 
@@ -42,7 +43,7 @@ def test_sensor_adds_and_removes_target_partitions(project):
 
 
 def test_new_target_file_to_materialized_architecture(tiny_project, digits_dir):
-    """Add a YAML file, run the sensor, materialize: the whole graph on a tiny config."""
+    """Add a YAML file, run the sensor, materialize: the whole graph on a tiny config, to a registered candidate."""
     folder = tiny_project / "infra" / "targets"
     folder.mkdir(parents=True)
     (folder / "edge-box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\nthreads: 1\n"
@@ -51,13 +52,13 @@ def test_new_target_file_to_materialized_architecture(tiny_project, digits_dir):
     resources = {"project": proj, "mlflow": MlflowTracking(project=proj),
                  "io_manager": FilesystemIOManager(base_dir=str(tiny_project / ".dagster"))}
     run_config = {"ops": {"dataset": {"config": {"data": str(digits_dir)}}}}
-    graph = [dataset, pretrained_backbone, supernet, architecture]
+    graph = [dataset, pretrained_backbone, supernet, architecture, model, edge_package]
     with DagsterInstance.ephemeral() as instance:
         run_sensor(instance, tiny_project)
         assert instance.get_dynamic_partitions(targets_partitions.name) == ["edge-box"]
         base = materialize(graph[:3], resources=resources, instance=instance, run_config=run_config)
         assert base.success
-        result = materialize(graph, selection=[architecture], partition_key="edge-box", resources=resources,
+        result = materialize(graph, selection=graph[3:], partition_key="edge-box", resources=resources,
                              instance=instance)
         assert result.success
         arch = result.output_for_node("architecture")
@@ -65,3 +66,7 @@ def test_new_target_file_to_materialized_architecture(tiny_project, digits_dir):
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks["check_architecture_within_budget"]
         assert "check_architecture_latency_model_error" in checks
+        pkg = result.output_for_node("edge_package")
+        assert pkg["registered_version"] == "1" and pkg["candidate_alias"] == "candidate-edge-box"
+        assert all(checks[name] for name in ("check_edge_package_parity", "check_edge_package_latency_budget",
+                                             "check_edge_package_accuracy_vs_champion"))

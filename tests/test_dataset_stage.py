@@ -103,3 +103,17 @@ def test_cli_prints_version_and_counts(project, digits_dir):
     assert "1797 images, 10 classes" in out1
     assert out1.splitlines()[0] == out2.splitlines()[0]
     assert out1.splitlines()[0].startswith("dataset version ")
+
+
+def test_stage_in_a_git_checkout_with_the_repos_gitignore(project, imagefolder):
+    """As in a clone of the repo: .dvc files must not be git-ignored, data must be."""
+    from pipeline.params import PACKAGE_ROOT
+
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    shutil.copy(PACKAGE_ROOT / ".gitignore", project / ".gitignore")
+    res = stage(project, imagefolder)
+    assert res.version.endswith(".dir")
+    ignored = subprocess.run(["git", "check-ignore", "-q", "data/dataset.dvc"], cwd=project, check=False)
+    assert ignored.returncode == 1  # not ignored: it is what a user commits
+    assert subprocess.run(["git", "check-ignore", "-q", "data/dataset/ants/ants_0.png"], cwd=project,
+                          check=False).returncode == 0
