@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
-import mlflow
 import numpy as np
 import onnx
 import pytest
 from conftest import TINY, make_project, set_params
 
+import mlflow
 from pipeline.export import package as package_mod
 from pipeline.export.package import Parity
 from pipeline.finetune.train import finetune
