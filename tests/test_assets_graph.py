@@ -13,6 +13,8 @@ from assets.resources import MlflowTracking, ProjectResource
 from assets.sensors import targets_sensor
 from assets.shipping import edge_package, model
 from assets.training import pretrained_backbone, supernet
+from conftest import set_params
+
 from pipeline.params import PACKAGE_ROOT
 
 
@@ -44,6 +46,8 @@ def test_sensor_adds_and_removes_target_partitions(project):
 
 def test_new_target_file_to_materialized_architecture(tiny_project, digits_dir):
     """Add a YAML file, run the sensor, materialize: the whole graph on a tiny config, to a registered candidate."""
+    # Sub-millisecond tiny subnets time noisily: the MAPE gate (tested in test_latency_model) is relaxed here.
+    set_params(tiny_project, latency__max_mape=1.0)
     folder = tiny_project / "infra" / "targets"
     folder.mkdir(parents=True)
     (folder / "edge-box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\nthreads: 1\n"

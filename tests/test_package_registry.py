@@ -76,7 +76,7 @@ def test_fp32_package_parity_tags_alias_and_load_back(shipped):
     client = mlflow.MlflowClient()
     name = res.registered_model
     mv = client.get_model_version_by_alias(name, alias("candidate", "cpu-ort-fp32"))
-    assert mv.version == res.registered_version
+    assert str(mv.version) == res.registered_version
     for tag in ("target", "arch", "dataset_version", "git_sha", "dagster_run_id", "params_hash", "latency_p50_ms",
                 "latency_p99_ms", "parity_max_abs_diff", "parity_top1_agreement", "test_top1", "latency_model_mape",
                 "sha256.model.onnx", "sha256.weights.safetensors"):
@@ -91,7 +91,9 @@ def test_fp32_package_parity_tags_alias_and_load_back(shipped):
     preds = mlflow.pyfunc.load_model(uri).predict(images)
     logits = preds["logits"] if isinstance(preds, dict) else np.asarray(preds)
     assert np.asarray(logits).shape == (3, 10)
-    assert (load_registered(name, res.registered_version) / "label_map.json").is_file()
+    downloaded = load_registered(name, res.registered_version)
+    assert (downloaded / "extra_files" / "label_map.json").is_file()
+    assert not list(downloaded.glob("*.data"))  # one self-contained model.onnx
 
 
 def test_int8_package_is_quantized_and_judged_on_accuracy(shipped):
@@ -144,8 +146,8 @@ def test_worse_than_champion_registers_nothing(shipped):
     gate = next(g for g in res.gates if g["name"] == "check_edge_package_accuracy_vs_champion")
     assert not gate["passed"] and gate["details"]["champion_version"] == first.registered_version
     assert res.registered_version is None and len(versions(shipped)) == before
-    assert client.get_model_version_by_alias(name, alias("candidate", "cpu-ort-fp32")).version == \
-        first.registered_version  # the alias did not move
+    moved = client.get_model_version_by_alias(name, alias("candidate", "cpu-ort-fp32")).version
+    assert str(moved) == first.registered_version  # the alias did not move
 
 
 def test_gates_on_hand_made_figures():

@@ -41,7 +41,7 @@ def champion_of(model_name: str, target: str) -> dict[str, Any] | None:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
-    return {"version": mv.version, "test_top1": float(mv.tags["test_top1"])}
+    return {"version": str(mv.version), "test_top1": float(mv.tags["test_top1"])}
 
 
 def register_package(pkg: EdgePackage, model_name: str, tags: dict[str, str]) -> str:
@@ -59,7 +59,7 @@ def register_package(pkg: EdgePackage, model_name: str, tags: dict[str, str]) ->
         onnx.load(str(pkg.onnx)), name="model", registered_model_name=model_name,
         signature=infer_signature(example, logits), input_example=example,
         extra_files=[str(pkg.folder / f) for f in ("label_map.json", "package.json")],
-        onnx_execution_providers=["CPUExecutionProvider"],
+        onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
     )
     mlflow.log_artifacts(str(pkg.folder), "edge_package")  # weights, reports, manifest, as shipped
     version = str(info.registered_model_version)
