@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+from conftest import set_params
 from dagster import DagsterInstance, FilesystemIOManager, build_sensor_context, materialize
 
 from assets.architecture import architecture
@@ -13,8 +14,6 @@ from assets.resources import MlflowTracking, ProjectResource
 from assets.sensors import targets_sensor
 from assets.shipping import edge_package, model
 from assets.training import pretrained_backbone, supernet
-from conftest import set_params
-
 from pipeline.params import PACKAGE_ROOT
 
 

@@ -42,7 +42,7 @@ def test_checkpoints_carry_their_config(tiny_project, digits_dataset, tmp_path):
 
 
 def _train_cmd(root, data, out, *extra):
-    return [sys.executable, "-m", "pipeline.ssl.train", "--root", str(root), "--data", str(data), "--out", str(out),
+    return [sys.executable, "-m", "pipeline.cli_pretrain", "--root", str(root), "--data", str(data), "--out", str(out),
             "--max-steps", "20", *extra]
 
 
@@ -74,7 +74,7 @@ def test_resume_after_sigkill_gives_the_same_weights(tiny_project, digits_datase
 
 def test_ddp_two_processes(tiny_project, digits_dataset, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pipeline.ssl.train", "--root", str(tiny_project), "--data", str(digits_dataset),
+           "-m", "pipeline.cli_pretrain", "--root", str(tiny_project), "--data", str(digits_dataset),
            "--out", str(tmp_path / "ddp"), "--max-steps", "3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=300, check=False)

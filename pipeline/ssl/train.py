@@ -1,14 +1,11 @@
 """MAE pre-training on every image of a dataset version (labels unused).
 
-    python -m pipeline.ssl.train --data data/dataset --out runs/pretrain [--resume]
-    torchrun --nproc_per_node 2 -m pipeline.ssl.train --data ... --out ...
+The command-line wrapper (also for torchrun) is ``pipeline/cli_pretrain.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,29 +81,3 @@ def pretrain(
     if not dist.is_initialized() or dist.get_rank() == 0:
         save_weights(weights, model.encoder.state_dict(), {**config, "kind": "mae-encoder"})
     return PretrainResult(weights, ckpt, result, model, x)
-
-
-def main() -> None:
-    from pipeline.params import load_params
-
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--root", type=Path, default=None, help="folder of params.yaml")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--max-steps", type=int, default=None)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("gloo")
-    params = load_params(args.root)
-    res = pretrain(args.data, args.out, params, resume=args.resume,
-                   overrides={"max_steps": args.max_steps} if args.max_steps else None)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"steps {res.train.steps} loss {res.train.history[-1]:.4f} weights {res.weights}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

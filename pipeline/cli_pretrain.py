@@ -1,0 +1,43 @@
+"""MAE pre-training from the command line, alone or under torchrun (DDP, gloo on CPU).
+
+    python -m pipeline.cli_pretrain --data data/dataset --out runs/pretrain [--resume]
+    torchrun --nproc_per_node 2 -m pipeline.cli_pretrain --data data/dataset --out runs/pretrain
+
+Rank 0 alone logs, checkpoints and reports. ``vitforge stage pretrain`` is the
+same work with its MLflow run, for DVC and the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import torch.distributed as dist
+
+from pipeline.params import load_params
+from pipeline.ssl.train import pretrain
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--root", type=Path, default=None, help="folder of params.yaml")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--max-steps", type=int, default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("gloo")
+    params = load_params(args.root)
+    res = pretrain(args.data, args.out, params, resume=args.resume, overrides={"max_steps": args.max_steps})
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"steps {res.train.steps} loss {res.train.history[-1]:.4f} weights {res.weights}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
