@@ -9,27 +9,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 import pipeline  # noqa: F401  (torchvision op schemas before timm)
 from pipeline.data import build_manifest, read_dataset
 from pipeline.data.demo import write_digits
-from pipeline.params import PACKAGE_ROOT, _load, load_params
+from pipeline.params import PACKAGE_ROOT, write_params
 
 
 def bench_root(root: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A project root at ``root`` with the repo's params.yaml plus ``{"section.key": value}`` overrides."""
-    root.mkdir(parents=True, exist_ok=True)
-    params = yaml.safe_load((PACKAGE_ROOT / "params.yaml").read_text())
-    for dotted, value in (overrides or {}).items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    _load.cache_clear()
-    return load_params(root)
+    return write_params(root, overrides or {}, base=PACKAGE_ROOT / "params.yaml")
 
 
 def manifest_copy(data: Path | None, dest: Path, image_size: int = 32) -> Path:

@@ -48,6 +48,25 @@ def section(name: str, root: Path | None = None) -> dict[str, Any]:
     return params[name]
 
 
+def write_params(root: Path, overrides: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
+    """Write ``root/params.yaml``: ``base`` (default: root's own, else the packaged one) with
+    ``{"section.key": value}`` overrides applied. For benchmarks and tests; returns the new params."""
+    src = base or (root / "params.yaml" if (root / "params.yaml").exists() else PACKAGE_ROOT / "params.yaml")
+    params = yaml.safe_load(src.read_text(encoding="utf-8"))
+    for dotted, value in overrides.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        if leaf not in node:
+            raise KeyError(f"params.yaml has no {dotted!r}")
+        node[leaf] = value
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    _load.cache_clear()
+    return load_params(root)
+
+
 def resolve(path: str | Path, root: Path | None = None) -> Path:
     """A path from params.yaml: relative ones are taken from the project root."""
     p = Path(path)

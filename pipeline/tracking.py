@@ -72,6 +72,15 @@ class Tracker:
         return f"{self.tracking_uri}#runs/{run_id}"
 
 
+def log_history(values: list[float], key: str = "loss", max_points: int = 200) -> None:
+    """A training curve as an MLflow metric, thinned to at most ``max_points`` steps."""
+    import mlflow
+
+    stride = max(1, len(values) // max_points)
+    for i in range(0, len(values), stride):
+        mlflow.log_metric(key, values[i], step=i)
+
+
 def log_json(obj: Any, artifact_file: str) -> None:
     import mlflow
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from pipeline.params import PACKAGE_ROOT
@@ -57,19 +56,10 @@ def project(tmp_path: Path) -> Path:
 
 
 def set_params(root: Path, **overrides) -> dict:
-    """Write ``section.key=value`` overrides into root/params.yaml; return the new params."""
-    from pipeline.params import _load
+    """Override ``section__key=value`` in root/params.yaml; return the new params."""
+    from pipeline.params import write_params
 
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        node = params
-        *parents, leaf = dotted.split("__")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    _load.cache_clear()
-    return params
+    return write_params(root, {k.replace("__", "."): v for k, v in overrides.items()})
 
 
 TINY = {

@@ -11,7 +11,7 @@ from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
 from pipeline.params import resolve
 from pipeline.stages.common import provenance
-from pipeline.tracking import Tracker, log_figure, log_file, log_json
+from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
 
 
 @dataclass
@@ -64,8 +64,7 @@ def run_finetune(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                           | {k: v for k, v in params["finetune"].items() if k != "out_dir"})
         res = finetune(Path(dataset["tracked_dir"]), out_dir, params, Path(architecture["supernet_weights"]), arch,
                        resume=resume, meta={**provenance(dataset, tags), "target": target}, overrides=overrides)
-        for i in range(0, len(res.train.history), max(1, len(res.train.history) // 200)):
-            mlflow.log_metric("loss", res.train.history[i], step=i)
+        log_history(res.train.history)
         mlflow.log_metrics({"test_top1": res.test.top1, "train_seconds": res.train.seconds,
                             **{f"test_recall.{c}": r for c, r in zip(res.classes, res.test.recall, strict=True)},
                             **{f"test_precision.{c}": p for c, p in zip(res.classes, res.test.precision, strict=True)}})

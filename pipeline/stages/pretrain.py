@@ -12,7 +12,7 @@ from pipeline import plots
 from pipeline.params import resolve
 from pipeline.ssl.train import pretrain
 from pipeline.stages.common import provenance
-from pipeline.tracking import Tracker, log_figure, log_file
+from pipeline.tracking import Tracker, log_figure, log_file, log_history
 
 
 @dataclass
@@ -60,8 +60,7 @@ def run_pretrain(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
         mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"} | {"arch": params["space"]})
         res = pretrain(Path(dataset["tracked_dir"]), out_dir, params, resume=resume,
                        meta=provenance(dataset, tags), overrides=overrides)
-        for i in range(0, len(res.train.history), max(1, len(res.train.history) // 200)):
-            mlflow.log_metric("loss", res.train.history[i], step=i)
+        log_history(res.train.history)
         mlflow.log_metrics({"final_loss": res.train.history[-1], "images_per_s": res.train.images_per_s,
                             "train_seconds": res.train.seconds})
         curve_uri = log_figure(plots.curve(res.train.history, "MAE pre-training", "loss (masked patches)"),

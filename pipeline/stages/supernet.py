@@ -10,7 +10,7 @@ from pipeline import plots
 from pipeline.nas.supernet_train import train_supernet
 from pipeline.params import resolve
 from pipeline.stages.common import provenance
-from pipeline.tracking import Tracker, log_figure, log_file, log_json
+from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
 
 
 @dataclass
@@ -40,8 +40,7 @@ def run_supernet(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
         res = train_supernet(Path(dataset["tracked_dir"]), out_dir, params,
                              backbone=Path(backbone) if backbone else None, resume=resume,
                              meta=provenance(dataset, tags), overrides=overrides)
-        for i in range(0, len(res.train.history), max(1, len(res.train.history) // 200)):
-            mlflow.log_metric("loss", res.train.history[i], step=i)
+        log_history(res.train.history)
         mlflow.log_metrics({f"val_top1.{name}": acc for name, acc in res.val_top1.items()})
         mlflow.log_metric("images_per_s", res.train.images_per_s)
         table = [{"arch": name, **res.archs[name], "val_top1": acc} for name, acc in res.val_top1.items()]
