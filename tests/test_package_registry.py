@@ -161,3 +161,33 @@ def test_gates_on_hand_made_figures():
     assert champion_gate(0.9, None, 0.005).passed
     assert champion_gate(0.9, {"version": "3", "test_top1": 0.904}, 0.005).passed
     assert not champion_gate(0.9, {"version": "3", "test_top1": 0.91}, 0.005).passed
+
+
+def test_tensorrt_int8_package_wires_calibration_and_engine_cache(shipped, monkeypatch, tmp_path):
+    """Everything around TensorRT, here: the runner gets polygraphy calibration batches and an engine cache."""
+    from pipeline.targets import Target, latency
+    from pipeline.targets.runners import make_runner as real_make_runner
+
+    root, data, ft = shipped
+    trt = Target(name="orin", runtime="tensorrt", device="jetson-orin", precision="int8", threads=1, batch_size=2,
+                 latency_budget_ms=50)
+    seen = []
+
+    def recording_runner(onnx_path, target, *, input_size, **kwargs):
+        seen.append(kwargs)
+        cpu = Target(name="cpu", runtime="onnxruntime", device="cpu", precision="fp32", threads=1,
+                     batch_size=target.batch_size, latency_budget_ms=50)
+        return real_make_runner(onnx_path, cpu, input_size=input_size)  # stands in for TrtRunner here
+
+    monkeypatch.setattr(package_mod, "make_runner", recording_runner)
+    monkeypatch.setattr(latency, "make_runner", recording_runner)
+    monkeypatch.setattr(latency, "engine_description", lambda t: {"target": t.name, "engine_version": "tensorrt"})
+    pkg = package_mod.build_package(ft.weights, data, tmp_path / "pkg", trt, load_params(root))
+    assert len(seen) == 2  # parity, then latency
+    for kwargs in seen:
+        batches = kwargs["calibration"]
+        assert len(batches) == 16 and batches[0]["image"].shape == (2, 16, 16, 3)
+        assert batches[0]["image"].dtype == np.uint8
+        assert kwargs["engine_cache"].name == "engine.plan"
+    assert pkg.optimizer.startswith("TensorRT int8")
+    assert not any(n.op_type == "QuantizeLinear" for n in onnx.load(pkg.onnx).graph.node)  # TensorRT quantizes

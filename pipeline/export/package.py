@@ -64,22 +64,23 @@ class EdgePackage:
                 "latency": self.latency.to_dict(samples=False)}
 
 
-def run_engine(onnx_path: Path, target: Target, images: np.ndarray, input_size: int) -> np.ndarray:
+def run_engine(onnx_path: Path, target: Target, images: np.ndarray, input_size: int,
+               **runner_kwargs: Any) -> np.ndarray:
     """Logits of ``images`` (uint8 NHWC) through the target's runner, in target-sized batches."""
     batch = 64 if target.runtime == "onnxruntime" else target.batch_size
     outs = []
-    with make_runner(onnx_path, target, input_size=input_size) as runner:
+    with make_runner(onnx_path, target, input_size=input_size, **runner_kwargs) as runner:
         for i in range(0, len(images), batch):
             outs.append(runner.infer({INPUT_NAME: np.ascontiguousarray(images[i:i + batch])})[OUTPUT_NAME])
     return np.concatenate(outs)
 
 
 def check_parity(onnx_path: Path, edge: EdgeModel, target: Target, images: np.ndarray, labels: np.ndarray,
-                 n_compare: int, input_size: int) -> Parity:
+                 n_compare: int, input_size: int, **runner_kwargs: Any) -> Parity:
     """Engine vs PyTorch on ``n_compare`` test images, and the engine's own top-1 on all of them."""
     with torch.no_grad():
         ref = edge(torch.from_numpy(images)).numpy()
-    out = run_engine(onnx_path, target, images, input_size)
+    out = run_engine(onnx_path, target, images, input_size, **runner_kwargs)
     k = min(n_compare, len(images))
     return Parity(
         images=k,
@@ -121,19 +122,28 @@ def build_package(weights: Path, data_dir: Path, out_dir: Path, target: Target, 
     fp32 = export_onnx(model, work / "model.fp32.onnx", input_size=size, mean=meta["mean"], std=meta["std"],
                        opset=p["opset"])
     artifact, optimizer = fp32, "off"
-    if target.precision == "int8" and target.runtime == "onnxruntime":
+    runner_kwargs: dict[str, Any] = {}
+    if target.precision == "int8":
         train_x, _ = load_split(data_dir, "train", size)
         g = torch.Generator().manual_seed(params["seed"])
         pick = torch.randperm(len(train_x), generator=g)[: p["calibration_images"]]
-        calib = train_x[pick].permute(0, 2, 3, 1).contiguous().numpy()
+        calib = train_x[pick].permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3) uint8
+    if target.runtime == "tensorrt":
+        # The ONNX ships; the engine here only proves parity and latency (the device builds its own).
+        runner_kwargs["engine_cache"] = work / "engine.plan"
+        if target.precision == "int8":  # polygraphy's Calibrator reads the same calibration images
+            b = target.batch_size
+            runner_kwargs["calibration"] = [{INPUT_NAME: calib[i:i + b]} for i in range(0, len(calib) - b + 1, b)]
+            optimizer = "TensorRT int8, calibrated on train images"
+    elif target.precision == "int8":
         artifact = quantize_int8(fp32, work / "model.int8.onnx", calib)
         optimizer = "static int8 (QDQ), calibrated on train images"
     elif p["optimize"] and target.runtime == "onnxruntime":
         artifact, optimizer = _pick_optimized(fp32, arch, work, edge, target, test_images, labels, p, size)
 
-    parity = check_parity(artifact, edge, target, test_images, labels, p["parity_images"], size)
+    parity = check_parity(artifact, edge, target, test_images, labels, p["parity_images"], size, **runner_kwargs)
     latency = measure_latency(artifact, target, input_size=size, warmup=p["warmup"], runs=p["runs"],
-                              images=test_images)
+                              images=test_images, **runner_kwargs)
 
     final = out_dir / "model.onnx"
     shutil.copyfile(artifact, final)
