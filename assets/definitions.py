@@ -1,6 +1,5 @@
 """The one ``Definitions`` of vitforge. Resources are picked by $VITFORGE_DEPLOYMENT (local | prod)."""
 
-
 import os
 
 from dagster import Definitions, EnvVar, FilesystemIOManager
@@ -9,6 +8,7 @@ from assets.architecture import architecture
 from assets.checks import check_dataset_valid
 from assets.dataset import dataset
 from assets.resources import MlflowTracking, ProjectResource
+from assets.schedules import retrain_job, weekly_retrain
 from assets.sensors import targets_sensor
 from assets.shipping import edge_package, model
 from assets.training import pretrained_backbone, supernet
@@ -31,6 +31,8 @@ RESOURCES = {
 defs = Definitions(
     assets=[dataset, pretrained_backbone, supernet, architecture, model, edge_package],
     sensors=[targets_sensor],
+    jobs=[retrain_job],
+    schedules=[weekly_retrain],
     asset_checks=[check_dataset_valid],
     resources=RESOURCES[os.environ.get("VITFORGE_DEPLOYMENT", "local")],
 )

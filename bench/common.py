@@ -18,7 +18,8 @@ from pipeline.params import PACKAGE_ROOT, write_params
 
 def bench_root(root: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A project root at ``root`` with the repo's params.yaml plus ``{"section.key": value}`` overrides."""
-    return write_params(root, overrides or {}, base=PACKAGE_ROOT / "params.yaml")
+    targets = {"targets_dir": str(PACKAGE_ROOT / "infra" / "targets")}  # the repo's target files
+    return write_params(root, targets | (overrides or {}), base=PACKAGE_ROOT / "params.yaml")
 
 
 def manifest_copy(data: Path | None, dest: Path, image_size: int = 32) -> Path:

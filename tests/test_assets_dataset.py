@@ -20,8 +20,14 @@ def test_definitions_load():
     from assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    assert {k.to_user_string() for k in graph.get_all_asset_keys()} >= {"dataset"}
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "dataset", "pretrained_backbone", "supernet", "architecture", "model", "edge_package"}
     assert defs.resolve_implicit_global_asset_job_def() is not None
+    assert defs.resolve_sensor_def("targets_sensor") is not None
+    assert defs.resolve_schedule_def("weekly_retrain").cron_schedule == "0 3 * * 0"
+    retrain = defs.resolve_job_def("retrain")
+    assert {k.to_user_string() for k in retrain.asset_layer.executable_asset_keys} == {
+        "dataset", "pretrained_backbone", "supernet"}
 
 
 def test_dataset_asset_and_check(project, digits_dir):
