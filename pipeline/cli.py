@@ -220,7 +220,7 @@ def _print_summary(root: Path, target: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitforge", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="project root (default: $VITFORGE_ROOT or checkout)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress; show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo-data", help="write scikit-learn's digits as an ImageFolder of PNGs")
@@ -271,9 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DvcException as err:
+        if args.verbose:
+            raise
         print(f"error: dvc: {err}", file=sys.stderr)
         return 2
     except (DatasetError, TargetError, ValueError, KeyError, FileNotFoundError) as err:
+        if args.verbose:  # the full traceback, for whoever debugs vitforge itself
+            raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2
