@@ -43,8 +43,7 @@ class TrainConfig:
     checkpoint_every: int
     seed: int
     threads: int
-    max_steps: int | None = None  # stop early (tests, time budgets)
-    time_budget_s: float | None = None  # stop after this much wall time
+    max_steps: int | None = None  # stop early (tests, benchmarks)
 
     @classmethod
     def from_params(cls, p: dict[str, Any], seed: int, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -102,7 +101,6 @@ class TrainResult:
     history: list[float]  # loss per step
     images_per_s: float
     seconds: float
-    stopped_early: bool
 
 
 def train(
@@ -144,7 +142,6 @@ def train(
     model.train()
     t0 = time.perf_counter()
     seen = 0
-    stopped_early = False
     bar = tqdm(range(start, total), desc=desc, unit="step", disable=rank != 0, leave=False, mininterval=1.0)
     for step in bar:
         for group in opt.param_groups:
@@ -168,11 +165,5 @@ def train(
         done = step + 1
         if checkpoint is not None and rank == 0 and (done % cfg.checkpoint_every == 0 or done == total):
             save_checkpoint(checkpoint, model, opt, done, ckpt_config, history)
-        if cfg.time_budget_s is not None and elapsed > cfg.time_budget_s and done < total:
-            log.info("%s: time budget of %.0f s reached at step %d of %d", desc, cfg.time_budget_s, done, total)
-            stopped_early = True
-            if checkpoint is not None and rank == 0:
-                save_checkpoint(checkpoint, model, opt, done, ckpt_config, history)
-            break
     elapsed = time.perf_counter() - t0
-    return TrainResult(len(history), history, seen / max(elapsed, 1e-9), elapsed, stopped_early)
+    return TrainResult(len(history), history, seen / max(elapsed, 1e-9), elapsed)
