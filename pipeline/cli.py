@@ -45,11 +45,7 @@ def cmd_stage_dataset(args: argparse.Namespace) -> int:
     print(f"dataset version {res.version}")
     print(f"{res.num_images} images, {len(res.classes)} classes, format {res.format}")
     print("split   " + "  ".join(f"{s}={n}" for s, n in res.counts.items()))
-    hist = {}
-    from pipeline.data import load_manifest
-
-    hist = load_manifest(Path(res.tracked_dir)).class_histogram()
-    for name, per_split in hist.items():
+    for name, per_split in res.class_histogram.items():
         print(f"  {name:>16}: " + "  ".join(f"{s}={n}" for s, n in per_split.items()))
     for s in res.skipped:
         print(f"skipped {s['path']}: {s['error']}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,6 +103,3 @@ def log_file(path: Path, artifact_path: str | None = None) -> str:
     mlflow.log_artifact(str(path), artifact_path)
     return f"{mlflow.get_artifact_uri()}/{(artifact_path + '/') if artifact_path else ''}{Path(path).name}"
 
-
-def scratch_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="vitforge-")

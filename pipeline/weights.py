@@ -6,6 +6,7 @@ the Dagster run id (metadata values are strings; dicts are stored as JSON).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,6 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def sha256_file(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -50,8 +49,6 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     The hash of the weights themselves: a safetensors file's bytes also hold its
     metadata map, whose order the writer does not fix.
     """
-    import hashlib
-
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().contiguous().cpu()

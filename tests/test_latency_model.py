@@ -37,6 +37,10 @@ def test_fit_reports_error_on_held_out_subnets(fitted):
     big, small = space.largest(), space.smallest()
     assert model.predict(big, space) > model.predict(small, space) > 0
     assert model.fingerprint == lm.machine_fingerprint()
+    assert model.measured_ms(big) == model.fit[0].p50_ms  # the extremes are measured into the fit set
+    measured = {tuple(m.arch.values()) for m in model.fit + model.holdout}
+    unmeasured = next(a for a in space.all_archs() if tuple(a.to_dict().values()) not in measured)
+    assert model.measured_ms(unmeasured) is None
 
 
 def test_reused_while_unchanged_refit_when_target_changes(fitted, monkeypatch):

@@ -71,6 +71,10 @@ class LatencyModel:
     def predict(self, arch: Arch, space: SearchSpace) -> float:
         return float(max(features(arch, space) @ np.array(self.coef), 1e-3))
 
+    def measured_ms(self, arch: Arch) -> float | None:
+        """The p50 measured for ``arch`` while fitting or holding out, if it was among them."""
+        return next((m.p50_ms for m in self.fit + self.holdout if m.arch == arch.to_dict()), None)
+
     def holdout_pairs(self, space: SearchSpace) -> list[tuple[float, float]]:
         """(measured, predicted) p50 in ms for each held-out subnet."""
         return [(m.p50_ms, self.predict(Arch(**m.arch), space)) for m in self.holdout]

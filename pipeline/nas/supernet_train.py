@@ -36,13 +36,13 @@ class SupernetResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, arch: Arch | None, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
-    """Top-1 of ``model`` (a Supernet at ``arch``, or a plain model when arch is None)."""
+def evaluate(model: Supernet, arch: Arch, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Weight-sharing top-1: the supernet run at ``arch``, no training."""
     was_training = model.training
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch], arch) if arch is not None else model(x[i:i + batch])
+        logits = model(x[i:i + batch], arch)
         correct += int((logits.argmax(-1) == y[i:i + batch]).sum())
     model.train(was_training)
     return correct / max(1, len(x))

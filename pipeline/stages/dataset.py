@@ -28,6 +28,7 @@ class DatasetResult:
     format: str
     classes: list[str]
     counts: dict[str, int]
+    class_histogram: dict[str, dict[str, int]]  # {class: {split: images}}
     num_images: int
     skipped: list[dict]
     mlflow_run_id: str
@@ -79,6 +80,7 @@ def run_dataset(
     version = dvc_add_and_push(root, target, p["dvc_remote_name"], resolve(p["dvc_remote_url"], root))
 
     counts = manifest.counts()
+    hist = manifest.class_histogram()
     with tracker.run("dataset", {"dataset_version": version, **(tags or {})}) as run:
         import mlflow
 
@@ -86,11 +88,10 @@ def run_dataset(
                            "val_fraction": p["val_fraction"], "test_fraction": p["test_fraction"]})
         mlflow.log_metrics({"images": len(manifest.files), "classes": len(manifest.classes),
                             "skipped": len(manifest.skipped), **{f"images_{k}": v for k, v in counts.items()}})
-        log_json(manifest.class_histogram(), "class_histogram.json")
-        hist_uri = log_figure(plots.class_histogram(manifest.class_histogram(), f"dataset {version[:8]}"),
-                              "class_histogram.png")
+        log_json(hist, "class_histogram.json")
+        hist_uri = log_figure(plots.class_histogram(hist, f"dataset {version[:8]}"), "class_histogram.png")
         log_file(target / "manifest.json")
         run_id = run.info.run_id
     log.info("dataset version %s: %d images, %s", version, len(manifest.files), counts)
     return DatasetResult(version, str(target), str(target / "manifest.json"), manifest.format, manifest.classes,
-                         counts, len(manifest.files), manifest.skipped, run_id, hist_uri)
+                         counts, hist, len(manifest.files), manifest.skipped, run_id, hist_uri)
