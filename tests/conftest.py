@@ -64,7 +64,7 @@ def set_params(root: Path, **overrides) -> dict:
 
 TINY = {
     "space__patch_size": 4, "space__img_sizes": [8, 16], "space__depths": [1, 2], "space__embed_dims": [16, 32],
-    "space__num_heads": [2, 4], "space__mlp_ratios": [1.0, 2.0],
+    "space__head_dim": 8, "space__mlp_ratios": [1.0, 2.0],
     "pretrain__epochs": 1, "pretrain__batch_size": 64, "pretrain__decoder_dim": 16, "pretrain__decoder_depth": 1,
     "pretrain__decoder_heads": 2, "pretrain__warmup_steps": 2, "pretrain__checkpoint_every": 5,
     "pretrain__threads": 1,

@@ -8,7 +8,7 @@ from pipeline.models.supernet import Arch, SearchSpace, arch_flops
 from pipeline.nas.search import Candidate, SearchSettings, choose, evolutionary_search, pareto_front
 
 SPACE = SearchSpace.from_params({"patch_size": 4, "img_sizes": [16, 24, 32], "depths": [1, 2, 3, 4, 6],
-                                 "embed_dims": [32, 64, 96, 128], "num_heads": [2, 4],
+                                 "embed_dims": [32, 64, 96, 128], "head_dim": 16,
                                  "mlp_ratios": [1.0, 2.0, 4.0]}, num_classes=10)
 SETTINGS = SearchSettings(population=12, generations=5, parents=4, mutations_per_gen=4, crossovers_per_gen=4,
                           mutation_prob=0.3, seed=0)
@@ -44,14 +44,14 @@ def test_impossible_budget_is_a_clear_error():
 
 
 def test_pareto_front_of_hand_made_points():
-    a = [Candidate(Arch(1, 32, 2, 1.0, 16), 0.5, 1.0), Candidate(Arch(2, 32, 2, 1.0, 16), 0.4, 2.0),
-         Candidate(Arch(3, 32, 2, 1.0, 16), 0.7, 3.0), Candidate(Arch(4, 32, 2, 1.0, 16), 0.7, 4.0)]
+    a = [Candidate(Arch(1, 32, 1.0, 16), 0.5, 1.0), Candidate(Arch(2, 32, 1.0, 16), 0.4, 2.0),
+         Candidate(Arch(3, 32, 1.0, 16), 0.7, 3.0), Candidate(Arch(4, 32, 1.0, 16), 0.7, 4.0)]
     assert [c.top1 for c in pareto_front(a)] == [0.5, 0.7]
     assert [c.predicted_ms for c in pareto_front(a)] == [1.0, 3.0]
 
 
 def test_choose_falls_back_when_the_measurement_misses_the_budget():
-    front = [Candidate(Arch(1, 32, 2, 1.0, 16), 0.6, 1.0), Candidate(Arch(2, 32, 2, 1.0, 16), 0.8, 1.9)]
+    front = [Candidate(Arch(1, 32, 1.0, 16), 0.6, 1.0), Candidate(Arch(2, 32, 1.0, 16), 0.8, 1.9)]
     measured = {front[0].arch: 0.9, front[1].arch: 2.4}  # the best one is slower than predicted
     chosen, ms, tried = choose(front, measured.__getitem__, budget_ms=2.0)
     assert chosen is front[0] and ms == 0.9

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.models.supernet import Arch, SearchSpace, Supernet, arch_flops, arch_params, extract_subnet
+from pipeline.models.supernet import Arch, SearchSpace, Supernet, arch_flops, arch_params, build_vit, extract_subnet
 
 SPACE = {"patch_size": 4, "img_sizes": [16, 24, 32], "depths": [1, 2, 3], "embed_dims": [24, 48, 96],
-         "num_heads": [2, 3, 4], "mlp_ratios": [1.0, 2.0, 4.0]}
+         "head_dim": 8, "mlp_ratios": [1.0, 2.0, 4.0]}
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,63 @@ def trained_supernet() -> Supernet:
         for p in net.parameters():
             p.normal_(0, 0.2)
     return net.eval()
+
+
+def reference_subnet(net: Supernet, arch: Arch) -> VisionTransformer:
+    """The subnet built module by module from the timm modules, independently of ``slice_state_dict``.
+
+    Attention weights are cut per head: (3, heads, head_dim, width) for qkv and (width, heads, head_dim)
+    for the projection, keeping the first whole heads.
+    """
+    space, big = net.space, net.vit
+    d, hd = arch.embed_dim, space.head_dim
+    h, hmax, dmax = d // hd, big.embed_dim // hd, big.embed_dim
+    hidden = int(d * arch.mlp_ratio)
+    sub = build_vit(arch, space).eval()
+    with torch.no_grad():
+        sub.patch_embed.proj.weight.copy_(big.patch_embed.proj.weight[:d])
+        sub.patch_embed.proj.bias.copy_(big.patch_embed.proj.bias[:d])
+        sub.cls_token.copy_(big.cls_token[..., :d])
+        grid, old = arch.img_size // space.patch_size, int((big.pos_embed.shape[1] - 1) ** 0.5)
+        patch_pos = big.pos_embed[:, 1:, :d]
+        if grid != old:
+            patch_pos = F.interpolate(patch_pos.reshape(1, old, old, d).permute(0, 3, 1, 2), size=(grid, grid),
+                                      mode="bicubic", antialias=True, align_corners=False)
+            patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid * grid, d)
+        sub.pos_embed.copy_(torch.cat([big.pos_embed[:, :1, :d], patch_pos], dim=1))
+        for s_blk, b_blk in zip(sub.blocks, big.blocks[: arch.depth], strict=True):
+            qkv_w = b_blk.attn.qkv.weight.view(3, hmax, hd, dmax)[:, :h, :, :d]
+            s_blk.attn.qkv.weight.copy_(qkv_w.reshape(3 * d, d))
+            s_blk.attn.qkv.bias.copy_(b_blk.attn.qkv.bias.view(3, hmax, hd)[:, :h].reshape(3 * d))
+            s_blk.attn.proj.weight.copy_(b_blk.attn.proj.weight.view(dmax, hmax, hd)[:d, :h].reshape(d, d))
+            s_blk.attn.proj.bias.copy_(b_blk.attn.proj.bias[:d])
+            for norm in ("norm1", "norm2"):
+                getattr(s_blk, norm).weight.copy_(getattr(b_blk, norm).weight[:d])
+                getattr(s_blk, norm).bias.copy_(getattr(b_blk, norm).bias[:d])
+            s_blk.mlp.fc1.weight.copy_(b_blk.mlp.fc1.weight[:hidden, :d])
+            s_blk.mlp.fc1.bias.copy_(b_blk.mlp.fc1.bias[:hidden])
+            s_blk.mlp.fc2.weight.copy_(b_blk.mlp.fc2.weight[:d, :hidden])
+            s_blk.mlp.fc2.bias.copy_(b_blk.mlp.fc2.bias[:d])
+        sub.norm.weight.copy_(big.norm.weight[:d])
+        sub.norm.bias.copy_(big.norm.bias[:d])
+        sub.head.weight.copy_(big.head.weight[:, :d])
+        sub.head.bias.copy_(big.head.bias)
+    return sub
+
+
+def test_subnets_match_slices_computed_independently(trained_supernet):
+    space = trained_supernet.space
+    rng = random.Random(1)
+    archs = {space.largest(), space.smallest()}
+    while len(archs) < 10:
+        archs.add(space.sample(rng))
+    for arch in sorted(archs):
+        got = extract_subnet(trained_supernet, arch).state_dict()
+        want = reference_subnet(trained_supernet, arch).state_dict()
+        assert got.keys() == want.keys()
+        for name in want:
+            assert torch.allclose(got[name], want[name], atol=1e-6), (arch, name)
+        assert extract_subnet(trained_supernet, arch).blocks[0].attn.num_heads == arch.embed_dim // space.head_dim
 
 
 def test_extracted_subnets_equal_the_supernet(trained_supernet):
@@ -63,7 +120,7 @@ def test_gradients_reach_the_shared_weights():
     assert net.vit.blocks[-1].attn.qkv.weight.grad is None  # depth 1: the last block is not used
 
 
-@pytest.mark.parametrize("arch", [Arch(3, 96, 4, 4.0, 32), Arch(1, 24, 2, 1.0, 16), Arch(2, 48, 3, 2.0, 24)])
+@pytest.mark.parametrize("arch", [Arch(3, 96, 4.0, 32), Arch(1, 24, 1.0, 16), Arch(2, 48, 2.0, 24)])
 def test_flops_and_params_are_computed_not_guessed(arch):
     space = SearchSpace.from_params(SPACE, num_classes=10)
     net = Supernet(space)
@@ -78,10 +135,13 @@ def test_flops_and_params_are_computed_not_guessed(arch):
 
 def test_space_bounds_come_from_params():
     space = SearchSpace.from_params(SPACE)
-    assert space.largest() == Arch(3, 96, 4, 4.0, 32)
-    assert space.smallest() == Arch(1, 24, 2, 1.0, 16)
+    assert space.largest() == Arch(3, 96, 4.0, 32)
+    assert space.smallest() == Arch(1, 24, 1.0, 16)
     assert all(space.valid(a) for a in space.all_archs())
+    assert space.num_heads(space.largest()) == 12 and space.num_heads(space.smallest()) == 3
     with pytest.raises(ValueError, match="img_sizes: 30 is not a multiple of patch_size 4"):
         SearchSpace.from_params({**SPACE, "img_sizes": [30]})
+    with pytest.raises(ValueError, match="embed_dims: 20 is not a multiple of head_dim 8"):
+        SearchSpace.from_params({**SPACE, "embed_dims": [20, 48]})
     with pytest.raises(ValueError, match="outside the search space"):
-        Supernet(space)(torch.randn(1, 3, 32, 32), Arch(9, 96, 4, 4.0, 32))
+        Supernet(space)(torch.randn(1, 3, 32, 32), Arch(9, 96, 4.0, 32))

@@ -8,9 +8,12 @@ References:
 Design: the supernet *is* a timm ``VisionTransformer`` of the largest arch (so
 its state dict has timm's names and MAE weights load into it as they are).
 Weight sharing is defined once, in ``slice_state_dict(weights, arch)``: the first
-``depth`` blocks, the first ``embed_dim`` channels, the first ``num_heads`` heads,
-the first ``mlp_ratio * embed_dim`` hidden units, and the position embeddings
-resampled to the arch's token grid. ``forward(x, arch)`` runs a timm model of the
+``depth`` blocks, the first ``embed_dim`` channels, the first ``mlp_ratio * embed_dim``
+hidden units, and the position embeddings resampled to the arch's token grid.
+Heads have one fixed size for the whole space (``head_dim``, as in AutoFormer and
+HAT), so an arch of width ``d`` has ``d / head_dim`` heads and its first ``d``
+channels of q, k and v are exactly its first whole heads: a subnet computes the
+same attention pattern the shared weights were trained for. ``forward(x, arch)`` runs a timm model of the
 arch's shape on those slices (views, so gradients reach the shared weights) and
 ``extract_subnet`` copies the same slices into a standalone timm model. Per-layer
 elastic widths are out on purpose: they would not be a plain timm model.
@@ -33,11 +36,10 @@ from torch.func import functional_call
 
 @dataclass(frozen=True, order=True)
 class Arch:
-    """One subnet. Patch size is fixed per run and lives in the ``SearchSpace``."""
+    """One subnet. Patch size and head dim are fixed per run and live in the ``SearchSpace``."""
 
     depth: int
     embed_dim: int
-    num_heads: int
     mlp_ratio: float
     img_size: int
 
@@ -45,7 +47,7 @@ class Arch:
         return asdict(self)
 
     def short(self) -> str:
-        return f"d{self.depth}-e{self.embed_dim}-h{self.num_heads}-m{self.mlp_ratio:g}-i{self.img_size}"
+        return f"d{self.depth}-e{self.embed_dim}-m{self.mlp_ratio:g}-i{self.img_size}"
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class SearchSpace:
     img_sizes: tuple[int, ...]
     depths: tuple[int, ...]
     embed_dims: tuple[int, ...]
-    num_heads: tuple[int, ...]
+    head_dim: int
     mlp_ratios: tuple[float, ...]
     in_chans: int = 3
     num_classes: int = field(default=0)  # set from the dataset
@@ -68,7 +70,7 @@ class SearchSpace:
             img_sizes=tuple(sorted(int(v) for v in p["img_sizes"])),
             depths=tuple(sorted(int(v) for v in p["depths"])),
             embed_dims=tuple(sorted(int(v) for v in p["embed_dims"])),
-            num_heads=tuple(sorted(int(v) for v in p["num_heads"])),
+            head_dim=int(p["head_dim"]),
             mlp_ratios=tuple(sorted(float(v) for v in p["mlp_ratios"])),
             num_classes=num_classes,
         )
@@ -76,34 +78,32 @@ class SearchSpace:
             if size % space.patch_size:
                 raise ValueError(f"params.yaml space.img_sizes: {size} is not a multiple of patch_size "
                                  f"{space.patch_size}")
-        if not any(e % h == 0 for e in space.embed_dims for h in space.num_heads):
-            raise ValueError("params.yaml space: no embed_dim is divisible by any num_heads")
+        for dim in space.embed_dims:
+            if dim % space.head_dim:
+                raise ValueError(f"params.yaml space.embed_dims: {dim} is not a multiple of head_dim "
+                                 f"{space.head_dim} (a subnet takes whole heads)")
         return space
 
+    def num_heads(self, arch: Arch) -> int:
+        return arch.embed_dim // self.head_dim
+
     def valid(self, arch: Arch) -> bool:
-        return (arch.depth in self.depths and arch.embed_dim in self.embed_dims and arch.num_heads in self.num_heads
-                and arch.mlp_ratio in self.mlp_ratios and arch.img_size in self.img_sizes
-                and arch.embed_dim % arch.num_heads == 0)
+        return (arch.depth in self.depths and arch.embed_dim in self.embed_dims and arch.mlp_ratio in self.mlp_ratios
+                and arch.img_size in self.img_sizes)
 
     def largest(self) -> Arch:
-        heads = max(h for h in self.num_heads if self.embed_dims[-1] % h == 0)
-        return Arch(self.depths[-1], self.embed_dims[-1], heads, self.mlp_ratios[-1], self.img_sizes[-1])
+        return Arch(self.depths[-1], self.embed_dims[-1], self.mlp_ratios[-1], self.img_sizes[-1])
 
     def smallest(self) -> Arch:
-        heads = min(h for h in self.num_heads if self.embed_dims[0] % h == 0)
-        return Arch(self.depths[0], self.embed_dims[0], heads, self.mlp_ratios[0], self.img_sizes[0])
+        return Arch(self.depths[0], self.embed_dims[0], self.mlp_ratios[0], self.img_sizes[0])
 
     def sample(self, rng: random.Random) -> Arch:
-        embed_dim = rng.choice(self.embed_dims)
-        heads = [h for h in self.num_heads if embed_dim % h == 0]
-        if not heads:
-            return self.sample(rng)
-        return Arch(rng.choice(self.depths), embed_dim, rng.choice(heads), rng.choice(self.mlp_ratios),
+        return Arch(rng.choice(self.depths), rng.choice(self.embed_dims), rng.choice(self.mlp_ratios),
                     rng.choice(self.img_sizes))
 
     def all_archs(self) -> list[Arch]:
-        return [Arch(d, e, h, m, i) for d in self.depths for e in self.embed_dims for h in self.num_heads
-                for m in self.mlp_ratios for i in self.img_sizes if e % h == 0]
+        return [Arch(d, e, m, i) for d in self.depths for e in self.embed_dims for m in self.mlp_ratios
+                for i in self.img_sizes]
 
 
 # ---- cost of an arch, computed ------------------------------------------------------------------
@@ -143,7 +143,7 @@ def build_vit(arch: Arch, space: SearchSpace, **kwargs: Any) -> VisionTransforme
     return VisionTransformer(
         img_size=arch.img_size, patch_size=space.patch_size, in_chans=space.in_chans,
         num_classes=space.num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
-        num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio, qkv_bias=True, **kwargs,
+        num_heads=space.num_heads(arch), mlp_ratio=arch.mlp_ratio, qkv_bias=True, **kwargs,
     )
 
 
@@ -193,9 +193,10 @@ def slice_state_dict(weights: dict[str, torch.Tensor], arch: Arch, space: Search
 class Supernet(nn.Module):
     """The largest timm ViT of the space, run at any arch by slicing its weights."""
 
-    def __init__(self, space: SearchSpace):
+    def __init__(self, space: SearchSpace, drop_path_rate: float = 0.0):
         super().__init__()
         self.space = space
+        self.drop_path_rate = drop_path_rate  # stochastic depth while training; no weights of its own
         self.vit = build_vit(space.largest(), space)
         self._templates: dict[Arch, VisionTransformer] = {}
 
@@ -203,7 +204,7 @@ class Supernet(nn.Module):
         """A weightless (meta-device) timm model of the arch's shape, cached."""
         if arch not in self._templates:
             with torch.device("meta"):
-                self._templates[arch] = build_vit(arch, self.space)
+                self._templates[arch] = build_vit(arch, self.space, drop_path_rate=self.drop_path_rate)
         return self._templates[arch]
 
     def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:

@@ -61,17 +61,11 @@ def mutate(arch: Arch, space: SearchSpace, rng: random.Random, prob: float) -> A
     for name, choices in genes.items():
         if rng.random() < prob:
             new = replace(new, **{name: rng.choice(choices)})
-    heads = [h for h in space.num_heads if new.embed_dim % h == 0]
-    if new.num_heads not in heads or rng.random() < prob:
-        new = replace(new, num_heads=rng.choice(heads)) if heads else arch
     return new
 
 
-def crossover(a: Arch, b: Arch, space: SearchSpace, rng: random.Random) -> Arch:
-    child = Arch(**{k: rng.choice([getattr(a, k), getattr(b, k)]) for k in asdict(a)})
-    if child.embed_dim % child.num_heads:
-        child = replace(child, num_heads=rng.choice([h for h in space.num_heads if child.embed_dim % h == 0]))
-    return child
+def crossover(a: Arch, b: Arch, rng: random.Random) -> Arch:
+    return Arch(**{k: rng.choice([getattr(a, k), getattr(b, k)]) for k in asdict(a)})
 
 
 def evolutionary_search(
@@ -117,7 +111,7 @@ def evolutionary_search(
         children: set[Arch] = set(parents)
         draw(lambda ps=parents: mutate(rng.choice(ps), space, rng, settings.mutation_prob),
              settings.mutations_per_gen, children)
-        draw(lambda ps=parents: crossover(rng.choice(ps), rng.choice(ps), space, rng),
+        draw(lambda ps=parents: crossover(rng.choice(ps), rng.choice(ps), rng),
              settings.crossovers_per_gen, children)
         draw(lambda: space.sample(rng), max(0, settings.population - len(children)), children)
         population = children
