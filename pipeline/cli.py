@@ -59,7 +59,7 @@ def cmd_stage_pretrain(args: argparse.Namespace) -> int:
 
     params = load_params(args.root)
     res = run_pretrain(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params),
-                       resume=args.resume)
+                       resume=args.resume, overrides=_budget_override(args))
     print(f"MAE pre-training: {res.steps} steps, final loss {res.final_loss:.4f}, {res.images_per_s:.0f} images/s")
     print(f"weights {res.weights}  (MLflow run {res.mlflow_run_id})")
     return 0
@@ -73,7 +73,8 @@ def cmd_stage_supernet(args: argparse.Namespace) -> int:
     params = load_params(args.root)
     backbone = resolve(params["pretrain"]["out_dir"], args.root) / "backbone.safetensors"
     res = run_supernet(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params),
-                       str(backbone) if backbone.exists() else None, resume=args.resume)
+                       str(backbone) if backbone.exists() else None, resume=args.resume,
+                       overrides=_budget_override(args))
     print(f"supernet: {res.steps} steps; val top-1 per arch:")
     for name, acc in res.val_top1.items():
         print(f"  {name:<28} {acc:.4f}")
@@ -91,11 +92,16 @@ def cmd_stage_search(args: argparse.Namespace) -> int:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no supernet yet; run `vitforge stage supernet` first")
     res = run_search(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), str(weights),
-                     args.target)
+                     args.target, time_budget_s=getattr(args, "time_budget_s", None))
     _write_json(resolve(params["search"]["out_dir"], args.root) / f"{args.target}.json", res.to_dict())
     print(f"target {res.target}: budget {res.budget_ms:g} ms, latency model MAPE {100 * res.latency_mape:.1f} % "
           f"(max {100 * res.latency_max_error:.1f} %)")
-    print(f"chosen   {res.arch}  val top-1 {res.val_top1:.4f}  p50 {res.measured_p50_ms:.3f} ms (measured)")
+    print(f"chosen   {res.arch}  val top-1 {res.val_top1:.4f} ± {res.val_top1_se:.4f} ({res.val_images} images, "
+          f"inherited)  p50 {res.measured_p50_ms:.3f} ms (measured)")
+    if res.finetuned_val_top1 is not None:
+        tau = "n/a" if res.kendall_tau is None else f"{res.kendall_tau:.2f}"
+        print(f"         briefly fine-tuned val top-1 {res.finetuned_val_top1:.4f}; Kendall tau inherited vs "
+              f"fine-tuned {tau} over {sum('finetuned_top1' in r for r in res.tried)} archs")
     print(f"largest  {res.largest_arch}  val top-1 {res.largest_val_top1:.4f}  p50 {res.largest_p50_ms:.3f} ms")
     print(f"speedup  {res.largest_p50_ms / res.measured_p50_ms:.1f}x; {res.evaluated} archs evaluated; "
           f"MLflow run {res.mlflow_run_id}")
@@ -119,7 +125,7 @@ def cmd_stage_finetune(args: argparse.Namespace) -> int:
     arch = _read_json(resolve(params["search"]["out_dir"], args.root) / f"{args.target}.json",
                       f"vitforge stage search --target {args.target}")
     res = run_finetune(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), arch,
-                       resume=args.resume)
+                       resume=args.resume, overrides=_budget_override(args))
     _write_json(resolve(params["finetune"]["out_dir"], args.root) / args.target / "result.json", res.to_dict())
     print(f"fine-tuned {res.arch} for {args.target}: test top-1 {res.test_top1:.4f} ({res.steps} steps, "
           f"{res.train_seconds:.0f} s); weights {res.weights}")
@@ -152,12 +158,23 @@ def cmd_stage_package(args: argparse.Namespace) -> int:
 
 
 def cmd_targets_list(args: argparse.Namespace) -> int:
+    """Each target with its budget, and the space's fastest and largest subnet measured on it.
+
+    The space fits a target when its fastest subnet runs in at most a quarter of the budget (room to
+    search) and its largest in more than the budget (the budget, not the space, binds).
+    """
+    import tempfile
+
+    from pipeline.models.supernet import SearchSpace
+    from pipeline.nas.latency_model import measure_arch
     from pipeline.params import resolve
     from pipeline.targets import TargetError, list_targets, load_target
 
     params = load_params(args.root)
+    space = SearchSpace.from_params(params["space"], num_classes=2)
+    lp, mean, std = params["latency"], params["model"]["mean"], params["model"]["std"]
     header = f"{'target':<16} {'runtime':<12} {'device':<12} {'precision':<9} {'batch':>5} {'budget_ms':>9}"
-    print(header + "  measurable here")
+    print(header + f"  {'fastest_ms':>10} {'largest_ms':>10}  space fits  measurable here")
     for name, path in list_targets(resolve(params["targets_dir"], args.root)).items():
         try:
             t = load_target(path)
@@ -165,8 +182,17 @@ def cmd_targets_list(args: argparse.Namespace) -> int:
             print(f"{name:<16} invalid: {err}")
             continue
         ok, why = t.measurable_here()
+        fastest = largest = "-"
+        fits = "-"
+        if ok:
+            with tempfile.TemporaryDirectory(prefix="vitforge-space-") as tmp:
+                lo, hi = (measure_arch(a, space, t, Path(tmp), warmup=lp["warmup"], runs=lp["runs"], mean=mean, std=std)
+                          for a in (space.smallest(), space.largest()))
+            fastest, largest = f"{lo:.3f}", f"{hi:.3f}"
+            fits = "yes" if lo <= t.latency_budget_ms / 4 and hi > t.latency_budget_ms else (
+                "no: fastest > budget/4" if lo > t.latency_budget_ms / 4 else "no: largest within budget")
         print(f"{name:<16} {t.runtime:<12} {t.device:<12} {t.precision:<9} {t.batch_size:>5} "
-              f"{t.latency_budget_ms:>9g}  {'yes' if ok else 'no'} ({why})")
+              f"{t.latency_budget_ms:>9g}  {fastest:>10} {largest:>10}  {fits:<10}  {'yes' if ok else 'no'} ({why})")
     return 0
 
 
@@ -177,21 +203,58 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=1, default=str))
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole chain, as far as it is built, on the packaged digits."""
+def _budget_override(args: argparse.Namespace) -> dict | None:
+    budget = getattr(args, "time_budget_s", None)
+    return {"time_budget_s": budget} if budget else None
+
+
+def _run_chain(args: argparse.Namespace) -> int:
+    """dataset -> pretrain -> supernet -> search -> finetune -> package for ``args.target``.
+
+    With ``--time-budget`` the training stages share it (params.yaml ``budget.shares``); the dataset
+    and package stages are fixed costs outside it.
+    """
+    from pipeline.budget import ChainBudget, parse_duration
+
     start = time.perf_counter()
-    args.data, args.format, args.skip_invalid, args.resume = None, None, False, False
-    args.target = load_params(args.root)["demo"]["target"]
-    for name, step in [("dataset", cmd_stage_dataset), ("pretrain", cmd_stage_pretrain),
-                       ("supernet", cmd_stage_supernet), (f"search {args.target}", cmd_stage_search),
-                       (f"finetune {args.target}", cmd_stage_finetune), (f"package {args.target}", cmd_stage_package)]:
-        print(f"== {name}", flush=True)
+    args.resume = False
+    params = load_params(args.root)
+    budget = ChainBudget(parse_duration(args.time_budget), params["budget"]["shares"]) if args.time_budget else None
+    t = args.target
+    for name, step, share in [("dataset", cmd_stage_dataset, None), ("pretrain", cmd_stage_pretrain, "pretrain"),
+                              ("supernet", cmd_stage_supernet, "supernet"), (f"search {t}", cmd_stage_search, "search"),
+                              (f"finetune {t}", cmd_stage_finetune, "finetune"), (f"package {t}", cmd_stage_package, None)]:
+        args.time_budget_s = budget.for_stage(share) if budget and share else None
+        note = f" (time budget {args.time_budget_s:.0f} s)" if args.time_budget_s else ""
+        print(f"== {name}{note}", flush=True)
+        t0 = time.perf_counter()
         rc = step(args)
         if rc:
             return rc
+        if budget and share:
+            budget.done(share, time.perf_counter() - t0)
     _print_summary(args.root, args.target)
-    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    if budget:
+        print("  " + "  ".join(f"{k} {v:.0f} s" for k, v in budget.spent.items())
+              + f"  (budget {budget.total_s:.0f} s for the training stages)")
+    print(f"finished in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole chain, as far as it is built, on the packaged digits."""
+    args.data, args.format, args.skip_invalid = None, None, False
+    args.target = load_params(args.root)["demo"]["target"]
+    return _run_chain(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole chain on a user's dataset, for one target."""
+    from pipeline.stages.search import resolve_target
+
+    resolve_target(args.root, load_params(args.root), args.target)  # an unknown target fails before any work
+    args.data = str(Path(args.data).resolve())
+    return _run_chain(args)
 
 
 def _print_summary(root: Path, target: str) -> None:
@@ -213,6 +276,15 @@ def _print_summary(root: Path, target: str) -> None:
         print(f"  {k:<22} {v}")
 
 
+def _seconds(text: str) -> float:
+    from pipeline.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitforge", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="project root (default: $VITFORGE_ROOT or checkout)")
@@ -223,9 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest")
     p.set_defaults(func=cmd_demo_data)
 
+    budget_help = "wall clock for the training stages, e.g. 10m (split by params.yaml budget.shares)"
     p = sub.add_parser("demo", help="run the whole chain on the packaged digits")
+    p.add_argument("--time-budget", metavar="DURATION", help=budget_help)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("run", help="run the whole chain on a dataset for one target")
+    p.add_argument("--data", required=True, help="an ImageFolder tree or a COCO set")
+    p.add_argument("--format", choices=["imagefolder", "coco"])
+    p.add_argument("--skip-invalid", action="store_true", help="drop bad files instead of failing, listing each")
+    p.add_argument("--target", required=True, help="a file name (without .yaml) in infra/targets/")
+    p.add_argument("--time-budget", metavar="DURATION", help=budget_help)
+    p.set_defaults(func=cmd_run)
+
+    stage_budget = "wall clock for this stage, e.g. 90s or 5m (steps are fitted to it; default: the epochs)"
     stage = sub.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
     stages = stage.add_subparsers(dest="stage", required=True)
     p = stages.add_parser("dataset", help="validate, split and version a dataset")
@@ -235,16 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stage_dataset)
     p = stages.add_parser("pretrain", help="MAE pre-training of the largest ViT")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--time-budget", dest="time_budget_s", type=_seconds, help=stage_budget)
     p.set_defaults(func=cmd_stage_pretrain)
     p = stages.add_parser("supernet", help="weight-sharing supernet training from the MAE weights")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--time-budget", dest="time_budget_s", type=_seconds, help=stage_budget)
     p.set_defaults(func=cmd_stage_supernet)
     p = stages.add_parser("search", help="latency model + hardware-aware search for one target")
     p.add_argument("--target", required=True, help="a file name (without .yaml) in infra/targets/")
+    p.add_argument("--time-budget", dest="time_budget_s", type=_seconds, help=stage_budget)
     p.set_defaults(func=cmd_stage_search)
     p = stages.add_parser("finetune", help="fine-tune the arch the search chose for a target")
     p.add_argument("--target", required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--time-budget", dest="time_budget_s", type=_seconds, help=stage_budget)
     p.set_defaults(func=cmd_stage_finetune)
     p = stages.add_parser("package", help="export, check parity and latency on the target, register")
     p.add_argument("--target", required=True)

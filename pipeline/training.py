@@ -5,6 +5,14 @@ bar with images/s and loss, a clear error on a non-finite loss, and checkpoints
 every N steps that carry their config and resume bit for bit: the data order is a
 function of (seed, epoch) and the RNG state is saved with the weights.
 
+A run is as long as its epochs say, or, with ``time_budget_s``, as many steps as
+fit the budget: the first few steps are timed and the step count is fixed from
+them (never below ``min_steps``), so the learning-rate schedule still ends at
+its last step. The step count a run took is recorded; replaying it
+(``max_steps``) needs no clock. Optional: layer-wise learning-rate decay (timm's
+``param_groups_layer_decay``, for timm ViTs) and an EMA of the weights (timm's
+``ModelEmaV3``), both saved in the checkpoint.
+
 Runs under ``torchrun`` too: each rank takes its share of every batch, gradients
 are averaged by DDP (gloo on CPU), and only rank 0 logs and writes checkpoints.
 """
@@ -43,7 +51,11 @@ class TrainConfig:
     checkpoint_every: int
     seed: int
     threads: int
-    max_steps: int | None = None  # stop early (tests, benchmarks)
+    max_steps: int | None = None  # an exact step count (tests, benchmarks, replays); wins over epochs and time
+    time_budget_s: float | None = None  # steps are fitted to this wall-clock budget instead of the epochs
+    min_steps: int = 1  # a time budget never gives fewer steps than this
+    layer_decay: float | None = None  # lr scale per ViT layer from the head down (timm); None: one lr
+    ema_decay: float | None = None  # keep an EMA of the weights (timm ModelEmaV3, with warm-up); None: off
 
     @classmethod
     def from_params(cls, p: dict[str, Any], seed: int, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -78,16 +90,40 @@ def batch_indices(n: int, step: int, cfg: TrainConfig, rank: int = 0, world: int
 
 
 def total_steps(n: int, cfg: TrainConfig) -> int:
-    steps = cfg.epochs * max(1, n // cfg.batch_size)
-    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+    """Steps from the epochs (or ``max_steps``); a time budget refines it once steps have been timed."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    return cfg.epochs * max(1, n // cfg.batch_size)
+
+
+PROBE_STEPS = 4  # steps timed (after the first) before a time budget fixes the step count
+
+
+def steps_for_budget(budget_s: float, spent_s: float, done: int, per_step_s: float, min_steps: int) -> int:
+    """The total step count that spends ``budget_s`` given ``done`` steps took ``spent_s``."""
+    return max(min_steps, done + int(max(0.0, budget_s - spent_s) / max(per_step_s, 1e-9)))
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on norms, biases, tokens and position embeddings; layer-wise lr if asked."""
+    if cfg.layer_decay:
+        from timm.optim import param_groups_layer_decay
+
+        return param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay(),
+                                        layer_decay=cfg.layer_decay)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1 and "pos_embed" not in n
+             and "token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and not any(p is q for q in decay)]
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
-                    config: dict[str, Any], history: list[float]) -> None:
+                    config: dict[str, Any], history: list[float], total: int, ema: nn.Module | None = None) -> None:
     """Atomic (write, then rename): a kill mid-write leaves the previous checkpoint whole."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "rng": torch.get_rng_state(), "config": config, "history": history}, tmp)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "total": total,
+                "rng": torch.get_rng_state(), "config": config, "history": history,
+                "ema": ema.state_dict() if ema is not None else None}, tmp)
     os.replace(tmp, path)
 
 
@@ -101,6 +137,7 @@ class TrainResult:
     history: list[float]  # loss per step
     images_per_s: float
     seconds: float
+    ema: nn.Module | None = None  # the EMA of the weights (a copy of the model), when ``ema_decay`` is set
 
 
 def train(
@@ -123,29 +160,39 @@ def train(
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1 and "pos_embed" not in n
-             and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and not any(p is q for q in decay)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.95))
+    ema = None
+    if cfg.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+    total = total_steps(n_samples, cfg)
+    fitted = cfg.max_steps is not None or not cfg.time_budget_s  # the step count is known up front
     start, history = 0, []
     if resume and checkpoint is not None and checkpoint.exists():
         state = load_checkpoint(checkpoint)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         start, history = state["step"], list(state["history"])
-        log.info("resumed %s from step %d", checkpoint, start)
-    total = total_steps(n_samples, cfg)
+        total, fitted = state.get("total", total), True  # a resumed run keeps the step count it fixed
+        log.info("resumed %s from step %d of %d", checkpoint, start, total)
+    if not fitted:  # provisional, until the probe steps are timed
+        total = max(total, cfg.min_steps, start + 1 + PROBE_STEPS)
     ckpt_config = {"train": asdict(cfg), **(config or {})}
 
     model.train()
     t0 = time.perf_counter()
     seen = 0
-    bar = tqdm(range(start, total), desc=desc, unit="step", disable=rank != 0, leave=False, mininterval=1.0)
-    for step in bar:
+    bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=rank != 0, leave=False, mininterval=1.0)
+    step, t_probe = start, 0.0
+    while step < total:
+        if not fitted and step == start + 1:
+            t_probe = time.perf_counter()  # the first step pays for warm-up allocations: time the ones after
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, cfg)
+            group["lr"] = lr_at(step, total, cfg) * group.get("lr_scale", 1.0)
         idx = batch_indices(n_samples, step, cfg, rank, world)
         loss = step_loss(net, idx, step)
         if not torch.isfinite(loss):
@@ -156,14 +203,29 @@ def train(
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if ema is not None:
+            ema.update(model, step=step)
         history.append(float(loss.item()))
         seen += len(idx) * world
         elapsed = time.perf_counter() - t0
+        bar.update(1)
         bar.set_postfix(loss=f"{history[-1]:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
         if on_step is not None and rank == 0:
             on_step(step, history[-1])
-        done = step + 1
-        if checkpoint is not None and rank == 0 and (done % cfg.checkpoint_every == 0 or done == total):
-            save_checkpoint(checkpoint, model, opt, done, ckpt_config, history)
+        step += 1
+        if not fitted and step == start + 1 + PROBE_STEPS:
+            per_step = (time.perf_counter() - t_probe) / PROBE_STEPS
+            total = steps_for_budget(cfg.time_budget_s, elapsed, step - start, per_step, cfg.min_steps) + start
+            if world > 1:  # every rank must run the same number of steps: rank 0 decides
+                t = torch.tensor([total])
+                dist.broadcast(t, 0)
+                total = int(t)
+            fitted = True
+            bar.total = total
+            log.info("%s: %.3f s/step, %d steps fit the %.0f s budget", desc, per_step, total, cfg.time_budget_s)
+        if checkpoint is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == total):
+            save_checkpoint(checkpoint, model, opt, step, ckpt_config, history, total, ema)
+    bar.close()
     elapsed = time.perf_counter() - t0
-    return TrainResult(len(history), history, seen / max(elapsed, 1e-9), elapsed)
+    return TrainResult(len(history), history, seen / max(elapsed, 1e-9), elapsed,
+                       ema.module if ema is not None else None)

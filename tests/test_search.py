@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.models.supernet import Arch, SearchSpace, arch_flops
-from pipeline.nas.search import Candidate, SearchSettings, choose, evolutionary_search, pareto_front
+from pipeline.nas.search import Candidate, SearchSettings, choose, evolutionary_search, kendall_tau, pareto_front
 
 SPACE = SearchSpace.from_params({"patch_size": 4, "img_sizes": [16, 24, 32], "depths": [1, 2, 3, 4, 6],
                                  "embed_dims": [32, 64, 96, 128], "head_dim": 16,
@@ -53,8 +53,34 @@ def test_pareto_front_of_hand_made_points():
 def test_choose_falls_back_when_the_measurement_misses_the_budget():
     front = [Candidate(Arch(1, 32, 1.0, 16), 0.6, 1.0), Candidate(Arch(2, 32, 1.0, 16), 0.8, 1.9)]
     measured = {front[0].arch: 0.9, front[1].arch: 2.4}  # the best one is slower than predicted
-    chosen, ms, tried = choose(front, measured.__getitem__, budget_ms=2.0)
-    assert chosen is front[0] and ms == 0.9
-    assert [t["within_budget"] for t in tried] == [False, True]
+    choice = choose(front, measured.__getitem__, budget_ms=2.0)
+    assert choice.candidate is front[0] and choice.measured_ms == 0.9
+    assert [t["within_budget"] for t in choice.tried] == [False, True]
     with pytest.raises(ValueError, match="no arch of the Pareto front meets the budget"):
         choose(front, measured.__getitem__, budget_ms=0.5)
+
+
+def test_the_pick_is_made_on_fine_tuned_accuracy_not_the_inherited_one():
+    front = [Candidate(Arch(d, 32, 1.0, 16), top1, float(d)) for d, top1 in [(1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8)]]
+    measured = {c.arch: c.predicted_ms for c in front}
+    finetuned = {1: 0.95, 2: 0.90, 3: 0.85, 4: 0.80}  # the inherited ranking is exactly backwards
+    calls = []
+
+    def finetune_top1(arch: Arch) -> float:
+        calls.append(arch.depth)
+        return finetuned[arch.depth]
+
+    choice = choose(front, measured.__getitem__, budget_ms=3.5, top_k=2, finetune_top1=finetune_top1)
+    assert sorted(calls) == [2, 3]  # depth 4 is over budget; only the top 2 within budget are fine-tuned
+    assert choice.candidate.arch.depth == 2 and choice.measured_ms == 2.0
+    assert [r.get("finetuned_top1") for r in choice.tried] == [None, 0.85, 0.90]
+    assert choice.tau is None  # two archs rank nothing
+    choice = choose(front, measured.__getitem__, budget_ms=5.0, top_k=4, finetune_top1=finetune_top1)
+    assert choice.candidate.arch.depth == 1 and choice.tau == -1.0
+
+
+def test_kendall_tau():
+    assert kendall_tau([0.1, 0.2, 0.3], [0.5, 0.6, 0.9]) == 1.0
+    assert kendall_tau([0.1, 0.2, 0.3], [0.9, 0.6, 0.5]) == -1.0
+    assert kendall_tau([0.1, 0.2], [0.2, 0.1]) is None
+    assert kendall_tau([0.1, 0.2, 0.3], [0.5, 0.5, 0.5]) is None

@@ -4,12 +4,18 @@ Splits come from a stable hash of the relative path, so the same file lands in t
 same split on any machine and in any listing order. Files with identical bytes
 (duplicate photos) take the split of the first of them by path, so a duplicate
 never sits on both sides of the train/test line.
+
+Unlabeled images (a separate folder, for MAE only) are listed too, under
+``unlabeled/`` with split ``"unlabeled"`` and label None; they take no part in the
+train/val/test split, which is the same with or without them. ``native_size`` is
+the median width and height of the labelled set's images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +25,7 @@ from pipeline.data.readers import RawDataset
 
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test")
+UNLABELED = "unlabeled"  # the split name of unlabeled images, and the folder they are copied to
 
 
 def split_of(rel_path: str, val_fraction: float, test_fraction: float) -> str:
@@ -39,9 +46,17 @@ class Manifest:
     skipped: list[dict] = field(default_factory=list)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    native_size: list[int] | None = None  # [median width, median height] of the labelled set's images
 
     def split(self, name: str) -> list[dict]:
         return [f for f in self.files if f["split"] == name]
+
+    def labelled_files(self) -> list[dict]:
+        """The files of the train/val/test splits (COCO images without a box included): not the unlabeled ones."""
+        return [f for f in self.files if f["split"] != UNLABELED]
+
+    def unlabeled_files(self) -> list[dict]:
+        return self.split(UNLABELED)
 
     def counts(self) -> dict[str, int]:
         c = Counter(f["split"] for f in self.files)
@@ -64,7 +79,9 @@ class Manifest:
         return path
 
 
-def build_manifest(raw: RawDataset, val_fraction: float, test_fraction: float) -> Manifest:
+def build_manifest(raw: RawDataset, val_fraction: float, test_fraction: float,
+                   unlabeled: RawDataset | None = None) -> Manifest:
+    """The manifest of ``raw`` (labelled) plus, if given, the ``unlabeled`` images under ``unlabeled/``."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"bad split fractions: val={val_fraction}, test={test_fraction} (each in [0, 1), sum < 1)")
     by_content: dict[str, str] = {}
@@ -76,9 +93,26 @@ def build_manifest(raw: RawDataset, val_fraction: float, test_fraction: float) -
         if raw.format == "coco":
             entry["boxes"] = s.boxes
         files.append(entry)
-    skipped = [{"path": str(Path(k["path"]).relative_to(raw.root)) if Path(k["path"]).is_relative_to(raw.root)
-                else k["path"], "error": k["error"]} for k in raw.skipped]
-    return Manifest(raw.format, raw.classes, files, skipped, val_fraction, test_fraction)
+    native_size = ([statistics.median_low(s.width for s in raw.samples),
+                    statistics.median_low(s.height for s in raw.samples)] if raw.samples else None)
+    skipped = [{"path": _rel(k["path"], raw.root), "error": k["error"]} for k in raw.skipped]
+    if unlabeled is not None:
+        clash = [p for p in [f["path"] for f in files] + raw.extra_files
+                 if p == UNLABELED or p.startswith(UNLABELED + "/")]
+        if clash:
+            raise DatasetError(raw.root / UNLABELED, f"the labelled data has a {UNLABELED!r} folder, where the "
+                               "unlabeled images go; rename it")
+        # After the labelled files and outside ``by_content``: unlabeled images never move a labelled file's split.
+        for s in sorted(unlabeled.samples, key=lambda s: s.path):
+            files.append({"path": f"{UNLABELED}/{s.path}", "label": None, "split": UNLABELED, "sha256": s.sha256,
+                          "width": s.width, "height": s.height})
+        skipped += [{"path": f"{UNLABELED}/{_rel(k['path'], unlabeled.root)}", "error": k["error"]}
+                    for k in unlabeled.skipped]
+    return Manifest(raw.format, raw.classes, files, skipped, val_fraction, test_fraction, native_size)
+
+
+def _rel(path: str, root: Path) -> str:
+    return Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) else path
 
 
 def load_manifest(folder: Path) -> Manifest:

@@ -3,6 +3,8 @@
 Both readers return a ``RawDataset``: the class names and one ``Sample`` per valid
 image. Bad input raises ``DatasetError`` naming the file, unless ``skip_invalid``
 is set, in which case each bad file is listed in ``RawDataset.skipped`` instead.
+``read_unlabeled`` reads a plain tree of images with no labels (for MAE only) the
+same way, with the same checks.
 """
 
 from __future__ import annotations
@@ -53,6 +55,28 @@ def read_dataset(root: Path | str, fmt: str = "imagefolder", *, skip_invalid: bo
     if fmt not in readers:
         raise DatasetError(root, f"unknown dataset format {fmt!r} (expected one of {sorted(readers)})")
     return readers[fmt](root, skip_invalid)
+
+
+def read_unlabeled(root: Path | str, *, skip_invalid: bool = False) -> RawDataset:
+    """Every image file below ``root`` (any tree, hidden entries ignored), each with label None.
+
+    Validated exactly as labelled images are (full decode, UTF-8 names); sample paths are
+    relative to ``root``. For MAE pre-training only: the supervised stages never see them.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(root, "unlabeled data path does not exist")
+    if not root.is_dir():
+        raise DatasetError(root, "unlabeled data path is not a directory")
+    files = _walk_images(root)
+    if not files:
+        raise DatasetError(root, "unlabeled folder has no images")
+    skipped: list[dict] = []
+    info = _inspect_all(files, skip_invalid, skipped)
+    samples = [Sample(f.relative_to(root).as_posix(), None, *info[f]) for f in files if f in info]
+    if not samples:
+        raise DatasetError(root, "unlabeled folder has no valid images")
+    return RawDataset(root, "unlabeled", [], samples, skipped)
 
 
 def _scandir(path: Path) -> list[os.DirEntry]:

@@ -1,8 +1,11 @@
 """Fine-tuning of the chosen subnet, warm-started from the supernet's shared weights.
 
 The model is extracted as a plain timm ``VisionTransformer``, trained on the train
-split with the shared loop (checkpoints, resume, progress), and evaluated on the
-test split: top-1, per-class precision and recall, confusion matrix.
+split with the shared loop (checkpoints, resume, progress) and the small-data
+recipe (``pipeline.recipe``: RandAugment, mixup/cutmix, random erasing, stochastic
+depth, layer-wise lr decay, EMA), and evaluated on the test split: top-1,
+per-class precision and recall, confusion matrix. With an EMA, the EMA weights
+are what ships.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split, normalize
 from pipeline.models.supernet import Arch, build_vit, extract_subnet
 from pipeline.nas.supernet_train import load_supernet
+from pipeline.recipe import BatchAugment, Recipe
 from pipeline.training import TrainConfig, TrainResult, seed_everything, train
 from pipeline.weights import load_weights, save_weights
 
@@ -54,23 +57,13 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.
     return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels (reflect padding): cheap, label-preserving."""
-    if max_shift <= 0:
-        return x
-    b, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4, mode="reflect")
-    dx = torch.randint(0, 2 * max_shift + 1, (b,))
-    dy = torch.randint(0, 2 * max_shift + 1, (b,))
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
-
-
 @dataclass
 class FinetuneResult:
     weights: Path
     checkpoint: Path
     train: TrainResult
-    test: Evaluation
+    val: Evaluation  # what choices are made on (the search's brief fine-tunes)
+    test: Evaluation  # reported, never chosen on
     classes: list[str]
     arch: Arch
 
@@ -96,23 +89,35 @@ def finetune(data_dir: Path, out_dir: Path, params: dict[str, Any], supernet_wei
     manifest = load_manifest(data_dir)
     if sn_meta["classes"] != manifest.classes:
         raise ValueError(f"{supernet_weights}: trained on classes {sn_meta['classes']}, dataset has {manifest.classes}")
-    model = extract_subnet(net, arch).train()
+    recipe = Recipe.from_params(p)
+    model = extract_subnet(net, arch, drop_path_rate=recipe.drop_path).train()
     mean, std = params["model"]["mean"], params["model"]["std"]
     images, y = load_split(data_dir, "train", arch.img_size)
-    x = normalize(images, mean, std)
+    augment = BatchAugment(recipe, len(manifest.classes), mean, std, cfg.seed)
 
     def step_loss(m: torch.nn.Module, idx: torch.Tensor, step: int) -> torch.Tensor:
-        return F.cross_entropy(m(random_shift(x[idx], p["max_shift"])), y[idx], label_smoothing=p["label_smoothing"])
+        xb, target = augment(images[idx], y[idx], step)
+        return augment.loss(m(xb), target)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint.pt"
     config = {"arch": arch.to_dict(), "space": sn_meta["space"], "classes": manifest.classes,
               "mean": mean, "std": std, **(meta or {})}
-    result = train(model, step_loss, len(x), cfg, checkpoint=ckpt, resume=resume, config=config, desc="finetune")
+    result = train(model, step_loss, len(images), cfg, checkpoint=ckpt, resume=resume, config=config,
+                   desc="finetune")
+    if result.ema is not None:
+        model = result.ema
 
-    test_images, y_test = load_split(data_dir, "test", arch.img_size)
-    logits = predict(model, normalize(test_images, mean, std))
-    test = evaluation_from_predictions(logits.argmax(-1).numpy(), y_test.numpy(), len(manifest.classes))
-    log.info("fine-tuned %s: test top-1 %.4f on %d images", arch.short(), test.top1, test.n)
+    val, test = (evaluate_split(model, data_dir, split, arch.img_size, mean, std, len(manifest.classes))
+                 for split in ("val", "test"))
+    log.info("fine-tuned %s: val top-1 %.4f (%d images), test top-1 %.4f (%d images)", arch.short(), val.top1, val.n,
+             test.top1, test.n)
     weights = save_weights(out_dir / "model.safetensors", model.state_dict(), {**config, "kind": "timm-vit"})
-    return FinetuneResult(weights, ckpt, result, test, manifest.classes, arch)
+    return FinetuneResult(weights, ckpt, result, val, test, manifest.classes, arch)
+
+
+def evaluate_split(model: torch.nn.Module, data_dir: Path, split: str, img_size: int, mean: list[float],
+                   std: list[float], num_classes: int) -> Evaluation:
+    images, y = load_split(data_dir, split, img_size)
+    logits = predict(model, normalize(images, mean, std))
+    return evaluation_from_predictions(logits.argmax(-1).numpy(), y.numpy(), num_classes)

@@ -223,8 +223,11 @@ class Supernet(nn.Module):
         return {k: v.detach().clone() for k, v in slice_state_dict(self.vit.state_dict(), arch, self.space).items()}
 
 
-def extract_subnet(supernet: Supernet, arch: Arch) -> VisionTransformer:
-    """A standalone timm VisionTransformer whose outputs equal ``supernet(x, arch)``."""
-    model = build_vit(arch, supernet.space)
+def extract_subnet(supernet: Supernet, arch: Arch, **kwargs: Any) -> VisionTransformer:
+    """A standalone timm VisionTransformer whose outputs equal ``supernet(x, arch)`` (in eval mode).
+
+    ``kwargs`` go to timm (e.g. ``drop_path_rate`` for fine-tuning); they add no weights.
+    """
+    model = build_vit(arch, supernet.space, **kwargs)
     model.load_state_dict(supernet.state_for(arch))
     return model.eval()

@@ -4,6 +4,8 @@ Each step trains, on the same batch, the largest arch (cross-entropy on labels),
 the smallest and ``random_archs_per_step`` random archs (the sandwich rule of
 BigNAS). With ``distill`` the smaller ones learn the largest's soft predictions
 (in-place distillation), which keeps the shared weights good for every subnet.
+Batches go through the same small-data recipe as fine-tuning (``pipeline.recipe``),
+with the supernet's own knobs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split, normalize
 from pipeline.models.supernet import Arch, SearchSpace, Supernet
+from pipeline.recipe import BatchAugment, Recipe
 from pipeline.training import TrainConfig, TrainResult, seed_everything, train
 from pipeline.weights import load_weights, save_weights
 
@@ -84,11 +87,12 @@ def train_supernet(
     size = space.largest().img_size
     mean, std = params["model"]["mean"], params["model"]["std"]
     images, y = load_split(data_dir, "train", size)
-    x = normalize(images, mean, std)
     val_images, y_val = load_split(data_dir, "val", size)
     x_val = normalize(val_images, mean, std)
+    recipe = Recipe.from_params(p)
+    augment = BatchAugment(recipe, len(manifest.classes), mean, std, cfg.seed)
 
-    net = Supernet(space)
+    net = Supernet(space, drop_path_rate=recipe.drop_path)
     if backbone is not None:
         state, _ = load_weights(backbone)
         missing, unexpected = net.vit.load_state_dict(state, strict=False)
@@ -99,24 +103,24 @@ def train_supernet(
     largest, smallest = space.largest(), space.smallest()
 
     def step_loss(model: torch.nn.Module, idx: torch.Tensor, step: int) -> torch.Tensor:
-        xb, yb = x[idx], y[idx]
+        xb, target = augment(images[idx], y[idx], step)
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the step's archs, reproducible on resume
         logits = model(xb, largest)
-        loss = F.cross_entropy(logits, yb)
+        loss = augment.loss(logits, target)
         soft = logits.detach().softmax(-1)
         for arch in [smallest] + [space.sample(rng) for _ in range(p["random_archs_per_step"])]:
             out = model(xb, arch)
             if p["distill"]:
                 loss = loss + F.kl_div(out.log_softmax(-1), soft, reduction="batchmean")
             else:
-                loss = loss + F.cross_entropy(out, yb)
+                loss = loss + augment.loss(out, target)
         return loss
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint.pt"
     config = {"space": params["space"], "num_classes": len(manifest.classes), "classes": manifest.classes,
               "supernet": {k: p[k] for k in ("random_archs_per_step", "distill")}, **(meta or {})}
-    result = train(net, step_loss, len(x), cfg, checkpoint=ckpt, resume=resume, config=config, desc="supernet")
+    result = train(net, step_loss, len(images), cfg, checkpoint=ckpt, resume=resume, config=config, desc="supernet")
 
     archs = eval_archs(space, p["eval_random_archs"], cfg.seed)
     val_top1 = {a.short(): evaluate(net, a, x_val, y_val) for a in archs}

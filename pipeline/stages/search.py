@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from pipeline import plots
 from pipeline.data.tensors import load_split, normalize
 from pipeline.models.supernet import Arch
 from pipeline.nas.latency_model import load_or_fit, measure_arch
+from pipeline.finetune.train import finetune
 from pipeline.nas.search import SearchSettings, choose, evolutionary_search
 from pipeline.nas.supernet_train import evaluate, load_supernet
 from pipeline.params import resolve
@@ -22,7 +25,11 @@ from pipeline.tracking import Tracker, log_figure, log_json
 class SearchStageResult:
     target: str
     arch: dict[str, Any]
-    val_top1: float
+    val_top1: float  # inherited (weight-sharing) val top-1 of the chosen arch
+    val_top1_se: float  # its standard error, sqrt(p (1 - p) / n)
+    val_images: int
+    finetuned_val_top1: float | None  # after the brief fine-tune the pick was made on
+    kendall_tau: float | None  # inherited vs briefly fine-tuned val top-1 over the fine-tuned archs
     predicted_ms: float
     measured_p50_ms: float
     budget_ms: float
@@ -57,8 +64,16 @@ def resolve_target(root: Path, params: dict[str, Any], name: str) -> tuple[Targe
     return target, files[name]
 
 
+def standard_error(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
 def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[str, Any], supernet_weights: str,
-               target_name: str, *, tags: dict[str, str] | None = None) -> SearchStageResult:
+               target_name: str, *, tags: dict[str, str] | None = None,
+               time_budget_s: float | None = None) -> SearchStageResult:
+    """``time_budget_s`` bounds the whole stage: what the latency model and the evolution leave of it is
+    shared by the brief fine-tunes of the top candidates (else ``search.rerank_steps`` each)."""
+    started = time.perf_counter()
     target, target_path = resolve_target(root, params, target_name)
     lp, sp = params["latency"], params["search"]
     mean, std = params["model"]["mean"], params["model"]["std"]
@@ -80,7 +95,25 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         space, lambda a: evaluate(net, a, x_val, y_val), lambda a: latency.predict(a, space),
         target.latency_budget_ms, SearchSettings.from_params(sp, params["seed"]),
         allowed=lambda a: target.input_size is None or a.img_size == target.input_size)
-    chosen, measured, tried = choose(front, measure, target.latency_budget_ms)
+    n_val = len(y_val)
+    k = sp["rerank_top_k"]
+
+    def finetune_top1(arch: Arch) -> float:
+        if time_budget_s is not None:
+            left = time_budget_s - (time.perf_counter() - started)
+            overrides: dict[str, Any] = {"time_budget_s": max(left, 0.0) / k}
+        else:
+            overrides = {"max_steps": sp["rerank_steps"]}
+        with tempfile.TemporaryDirectory(prefix="vitforge-rerank-") as tmp:
+            res = finetune(Path(dataset["tracked_dir"]), Path(tmp), params, Path(supernet_weights), arch,
+                           overrides=overrides)
+        return res.val.top1
+
+    choice = choose(front, measure, target.latency_budget_ms, top_k=k, finetune_top1=finetune_top1 if k > 1 else None)
+    chosen, measured, tried = choice.candidate, choice.measured_ms, choice.tried
+    for row in tried:
+        row["top1_se"] = standard_error(row["top1"], n_val)
+    finetuned = next((r.get("finetuned_top1") for r in tried if r["arch"] == chosen.arch.to_dict()), None)
     largest = space.largest()
     largest_ms = latency.measured_ms(largest) or measure(largest)  # the fit set holds it, timed the same way
     largest_top1 = evaluate(net, largest, x_val, y_val)
@@ -94,7 +127,10 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         mlflow.log_metrics({"latency_model_mape": latency.mape, "latency_model_max_error": latency.max_error,
                             "val_top1": chosen.top1, "predicted_ms": chosen.predicted_ms, "measured_p50_ms": measured,
                             "largest_p50_ms": largest_ms, "largest_val_top1": largest_top1,
-                            "speedup_vs_largest": largest_ms / measured, "evaluated_archs": len(evaluated)})
+                            "speedup_vs_largest": largest_ms / measured, "evaluated_archs": len(evaluated),
+                            "val_top1_se": standard_error(chosen.top1, n_val), "val_images": n_val}
+                           | ({"finetuned_val_top1": finetuned} if finetuned is not None else {})
+                           | ({"kendall_tau": choice.tau} if choice.tau is not None else {}))
         ev = [c.to_dict() for c in evaluated]
         fr = [c.to_dict() for c in front]
         pareto_uri = log_figure(plots.pareto(ev, fr, target.latency_budget_ms, chosen.to_dict(),
@@ -109,7 +145,8 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         mlflow.log_artifact(str(resolve(lp["out_dir"], root) / f"{target.name}.json"), "latency_model")
         run_id = run.info.run_id
     return SearchStageResult(
-        target.name, chosen.arch.to_dict(), chosen.top1, chosen.predicted_ms, measured, target.latency_budget_ms,
+        target.name, chosen.arch.to_dict(), chosen.top1, standard_error(chosen.top1, n_val), n_val, finetuned,
+        choice.tau, chosen.predicted_ms, measured, target.latency_budget_ms,
         latency.mape, latency.max_error, largest.to_dict(), largest_top1, largest_ms, len(evaluated), fr, tried,
         str(resolve(lp["out_dir"], root) / f"{target.name}.json"), supernet_weights, dataset["version"], run_id,
         pareto_uri, scatter_uri)
