@@ -14,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-from common import bench_root
+from common import bench_root, parse_sets
 
 
 def main() -> None:
@@ -25,11 +24,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a params.yaml value (YAML syntax); repeatable")
     args = ap.parse_args()
-    overrides = {"dataset.data": str(args.data.resolve())}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    bench_root(args.root.resolve(), overrides)
+    bench_root(args.root.resolve(), {"dataset.data": str(args.data.resolve())} | parse_sets(args.set))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(args.root.resolve()), "demo"], check=True)
     print(f"chain on {args.data}: {time.perf_counter() - t0:.0f} s")

@@ -22,6 +22,19 @@ def bench_root(root: Path, overrides: dict[str, Any] | None = None) -> dict[str,
     return write_params(root, targets | (overrides or {}), base=PACKAGE_ROOT / "params.yaml")
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["section.key=value", ...]`` (values in YAML syntax) -> ``{"section.key": value}``."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def manifest_copy(data: Path | None, dest: Path, image_size: int = 32) -> Path:
     """A dataset folder with its manifest (the digits when ``data`` is None), without DVC."""
     if dest.exists():

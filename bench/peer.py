@@ -1,95 +1,191 @@
-"""Our chosen ViT vs MobileNetV3-Small from random init: same data, split and wall-clock budget.
+"""Our searched ViT vs MobileNetV3-Small from scratch, at the CNN's own latency and the same wall clock.
 
-MobileNetV3-Small (torchvision, random init) is trained on the train split for as
-long as our model's fine-tuning took (or --budget-s), exported the same way
-(uint8 NHWC in, normalization in the graph) and timed with ONNX Runtime on the
-target. Our model's figures come from the project root's package stage.
+The protocol:
+1. A fresh project root over the data; the dataset stage versions it (train/val/test split).
+2. MobileNetV3-Small (torchvision, random init) trains on the train split for ``--budget`` seconds
+   (the shared loop, cosine schedule, RandAugment and label smoothing as ours), is exported the same
+   way (uint8 NHWC in, normalization in the graph) and timed with ONNX Runtime on ``--base-target``.
+3. Its p50 becomes the latency budget of a target written into the root (``peer.yaml``, else a copy
+   of the base target).
+4. Our whole chain runs for that target with the same ``--budget`` as its time budget (MAE +
+   supernet + search + fine-tune share it; the dataset and package stages are outside, as the
+   CNN's export and timing are).
+5. Both are scored through ONNX Runtime on the same test images: the stage's test split, or
+   ``--test-data`` (an ImageFolder with the same classes that no stage ever saw).
 
-    python bench/peer.py --target cpu-ort-fp32 [--root .] [--img-size 32] [--budget-s 240]
+It prints top-1 and p50/p99 for both and writes ``peer.png`` (the search's front, ours and the CNN).
+
+    python bench/peer.py --root /tmp/peer-digits --budget 240
+    python bench/peer.py --root /tmp/peer-hym --data ../shared/datasets/hymenoptera/train \\
+        --test-data ../shared/datasets/hymenoptera/val --budget 420 --cnn-size 128 \\
+        --set space.patch_size=16 --set "space.img_sizes=[64,96,128]"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+import yaml
+from common import bench_root, parse_sets
+from PIL import Image
 
-import pipeline  # noqa: F401
-from pipeline.data.tensors import load_split, normalize
+from pipeline.data.manifest import load_manifest
+from pipeline.data.tensors import load_split
 from pipeline.export.onnx import export_onnx
-from pipeline.finetune.train import predict, random_shift
-from pipeline.params import load_params, project_root, resolve
-from pipeline.stages.search import resolve_target
+from pipeline.export.package import run_engine
+from pipeline.params import PACKAGE_ROOT, resolve
+from pipeline.recipe import BatchAugment, Recipe
 from pipeline.targets.latency import measure_latency
+from pipeline.targets.schema import load_target
+from pipeline.training import TrainConfig, seed_everything, train
+
+PEER_TARGET = "peer"
 
 
-def train_mobilenet(data: Path, img_size: int, budget_s: float, params: dict, seed: int):
+def train_mobilenet(data: Path, size: int, budget_s: float, params: dict) -> tuple[torch.nn.Module, int, float]:
+    """MobileNetV3-Small from random init on the train split, for ``budget_s`` seconds."""
     from torchvision.models import mobilenet_v3_small
 
-    torch.manual_seed(seed)
-    torch.set_num_threads(params["finetune"]["threads"])
-    mean, std = params["model"]["mean"], params["model"]["std"]
-    images, y = load_split(data, "train", img_size)
-    x = normalize(images, mean, std)
-    n_classes = int(y.max()) + 1
-    model = mobilenet_v3_small(num_classes=n_classes)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    bs, steps, t0 = 64, 0, time.perf_counter()
-    model.train()
-    while time.perf_counter() - t0 < budget_s:
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x) - bs + 1, bs):
-            idx = perm[i:i + bs]
-            loss = F.cross_entropy(model(random_shift(x[idx], params["finetune"]["max_shift"])), y[idx],
-                                   label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            steps += 1
-            if time.perf_counter() - t0 >= budget_s:
-                break
-    test_images, y_test = load_split(data, "test", img_size)
-    top1 = float((predict(model, normalize(test_images, mean, std)).argmax(-1) == y_test).float().mean())
-    return model.eval(), top1, steps, time.perf_counter() - t0
+    p = params["finetune"]
+    cfg = TrainConfig(epochs=1, batch_size=p["batch_size"], lr=2e-3, weight_decay=0.01, warmup_steps=p["warmup_steps"],
+                      grad_clip=p["grad_clip"], checkpoint_every=10**9, seed=params["seed"], threads=p["threads"],
+                      time_budget_s=budget_s, min_steps=p["min_steps"])
+    seed_everything(cfg.seed, cfg.threads)
+    images, y = load_split(data, "train", size)
+    classes = load_manifest(data).classes
+    recipe = Recipe(rand_augment=p["rand_augment"], mixup=0.0, cutmix=0.0, mix_prob=0.0,
+                    label_smoothing=p["label_smoothing"], random_erasing=0.0, drop_path=0.0, max_shift=0)
+    augment = BatchAugment(recipe, len(classes), params["model"]["mean"], params["model"]["std"], cfg.seed)
+    model = mobilenet_v3_small(num_classes=len(classes))
+
+    def step_loss(m: torch.nn.Module, idx: torch.Tensor, step: int) -> torch.Tensor:
+        xb, target = augment(images[idx], y[idx], step)
+        return augment.loss(m(xb), target)
+
+    res = train(model, step_loss, len(images), cfg, desc="mobilenet_v3_small")
+    return model.eval(), res.steps, res.seconds
+
+
+def test_images(data: Path, test_data: Path | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 NHWC test images at ``size`` and their labels: the test split, or a held-out ImageFolder."""
+    if test_data is None:
+        x, y = load_split(data, "test", size)
+        return x.permute(0, 2, 3, 1).contiguous().numpy(), y.numpy()
+    classes = load_manifest(data).classes
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for f in sorted((test_data / name).iterdir()):
+            with Image.open(f) as img:  # resized as the stages resize (pipeline.data.tensors.load_split)
+                images.append(np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)))
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def top1(onnx_path: Path, target, images: np.ndarray, labels: np.ndarray, size: int) -> float:
+    return float((run_engine(onnx_path, target, images, size).argmax(-1) == labels).mean())
+
+
+def copy_targets(root: Path) -> Path:
+    (root / "targets").mkdir(parents=True, exist_ok=True)
+    for f in (PACKAGE_ROOT / "infra" / "targets").glob("*.yaml"):
+        (root / "targets" / f.name).write_text(f.read_text())
+    return root / "targets"
+
+
+def write_peer_target(targets: Path, base: Path, budget_ms: float) -> None:
+    spec = yaml.safe_load(base.read_text())
+    spec["latency_budget_ms"] = round(budget_ms, 4)
+    spec["description"] = f"{spec.get('description', base.stem)}; budget = MobileNetV3-Small's p50 (bench/peer.py)"
+    (targets / f"{PEER_TARGET}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def pareto_png(path: Path, search: dict, ours: tuple[float, float], cnn: tuple[float, float], title: str) -> None:
+    from pipeline import plots
+
+    fig = plots.pareto(search["front"], search["front"], search["budget_ms"], None, title)
+    ax = fig.axes[0]
+    ax.scatter([ours[0]], [ours[1]], marker="*", s=220, color="C2", zorder=6, label="ours (measured, test)")
+    ax.scatter([cnn[0]], [cnn[1]], marker="s", s=90, color="C1", zorder=6, label="MobileNetV3-Small (test)")
+    ax.set_xlabel("p50 latency (ms): front predicted, markers measured")
+    ax.set_ylabel("top-1: front inherited val, markers test")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--target", default="cpu-ort-fp32")
-    ap.add_argument("--root", type=Path, default=None)
-    ap.add_argument("--img-size", type=int, default=None, help="MobileNet input size (default: the dataset's "
-                    "largest image size in params)")
-    ap.add_argument("--budget-s", type=float, default=None, help="default: our fine-tuning's wall time")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, required=True, help="a fresh project root for this comparison")
+    ap.add_argument("--data", default="builtin:digits")
+    ap.add_argument("--test-data", type=Path, default=None, help="a held-out ImageFolder (default: the test split)")
+    ap.add_argument("--budget", type=float, default=240.0, help="training wall clock in seconds, for both")
+    ap.add_argument("--base-target", default="cpu-ort-fp32", help="runtime, threads and batch of the comparison")
+    ap.add_argument("--cnn-size", type=int, default=32, help="MobileNetV3-Small's input size")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args()
-    root = (args.root or project_root()).resolve()
-    params = load_params(root)
-    target, _ = resolve_target(root, params, args.target)
-    ours_ft = json.loads((resolve(params["finetune"]["out_dir"], root) / args.target / "result.json").read_text())
-    ours_pkg = json.loads((resolve(params["export"]["out_dir"], root) / args.target / "result.json").read_text())
-    budget = args.budget_s or ours_ft["train_seconds"]
-    size = args.img_size or max(params["space"]["img_sizes"])
-    data = resolve(params["dataset"]["tracked_dir"], root)
+    root = args.root.resolve()
+    data = args.data if args.data.startswith("builtin:") else str(Path(args.data).resolve())
+    params = bench_root(root, {"dataset.data": data, "targets_dir": "targets"} | parse_sets(args.set))
+    targets = copy_targets(root)
+    vitforge = [sys.executable, "-m", "pipeline.cli", "--root", str(root)]
+    subprocess.run(vitforge + ["stage", "dataset"], check=True)
+    tracked = resolve(params["dataset"]["tracked_dir"], root)
+    base = load_target(targets / f"{args.base_target}.yaml")
+    p = params["export"]
 
-    model, top1, steps, secs = train_mobilenet(data, size, budget, params, params["seed"])
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "mnv3.onnx", input_size=size, mean=params["model"]["mean"],
-                                std=params["model"]["std"])
-        lat = measure_latency(onnx_path, target, input_size=size, warmup=params["export"]["warmup"],
-                              runs=params["export"]["runs"])
-    arch = ours_ft["arch"]
-    print(f"data {data} (test split {ours_ft['test']['n']} images); target {target.name}: "
-          f"{lat.how['engine_version']}, {target.threads} thread(s), batch {target.batch_size}")
-    print(f"training wall-clock: ours fine-tuned {ours_ft['train_seconds']:.0f} s; MobileNetV3-Small {budget:.0f} s")
-    print(f"{'model':<36} {'input':>6} {'test top-1':>10} {'p50 ms':>8} {'p99 ms':>8}")
-    print(f"{'vitforge ViT ' + '-'.join(f'{k[0]}{v}' for k, v in arch.items()):<36} {arch['img_size']:>6} "
-          f"{ours_pkg['test_top1']:>10.4f} {ours_pkg['p50_ms']:>8.3f} {ours_pkg['p99_ms']:>8.3f}")
-    print(f"{'MobileNetV3-Small (random init)':<36} {size:>6} {top1:>10.4f} {lat.p50_ms:>8.3f} {lat.p99_ms:>8.3f}"
-          f"   ({steps} steps in {secs:.0f} s)")
+    # 1-2. the CNN, trained for the budget, exported and timed
+    cnn, cnn_steps, cnn_s = train_mobilenet(tracked, args.cnn_size, args.budget, params)
+    cnn_onnx = export_onnx(cnn, root / "mobilenet_v3_small.onnx", input_size=args.cnn_size,
+                           mean=params["model"]["mean"], std=params["model"]["std"])
+    budget_ms = measure_latency(cnn_onnx, base, input_size=args.cnn_size, warmup=p["warmup"], runs=p["runs"]).p50_ms
+    x, y = test_images(tracked, args.test_data, args.cnn_size)
+    cnn_top1 = top1(cnn_onnx, base, x, y, args.cnn_size)
+
+    # 3-4. our chain, for a target whose budget is the CNN's p50, with the same time budget
+    write_peer_target(targets, targets / f"{args.base_target}.yaml", budget_ms)
+    t0 = time.perf_counter()
+    rc = subprocess.run(vitforge + ["run", "--data", data, "--target", PEER_TARGET,
+                                    "--time-budget", f"{args.budget}s"]).returncode
+    chain_s = time.perf_counter() - t0
+    if rc:  # a gate that failed still leaves the package to compare; anything else has no result files
+        print(f"the chain exited with {rc}; comparing what it left", file=sys.stderr)
+
+    # 5. both scored on the same test images through ONNX Runtime
+    search = json.loads((resolve(params["search"]["out_dir"], root) / f"{PEER_TARGET}.json").read_text())
+    pkg_dir = resolve(p["out_dir"], root) / PEER_TARGET
+    pkg = json.loads((pkg_dir / "result.json").read_text())
+    size = search["arch"]["img_size"]
+    x, y = test_images(tracked, args.test_data, size)
+    ours_top1 = top1(pkg_dir / "model.onnx", base, x, y, size)
+    # timed side by side, one after the other, in the same process
+    ours_lat = measure_latency(pkg_dir / "model.onnx", base, input_size=size, warmup=p["warmup"], runs=p["runs"])
+    cnn_lat = measure_latency(cnn_onnx, base, input_size=args.cnn_size, warmup=p["warmup"], runs=p["runs"])
+
+    where = args.test_data or "the stage's test split"
+    print(f"\ndata {args.data}; test images: {len(y)} from {where}")
+    print(f"engine {cnn_lat.how['engine_version']}, {base.threads} thread(s), batch {base.batch_size}; "
+          f"target budget = the CNN's p50 {budget_ms:.3f} ms (measured in this run, before the chain)")
+    print(f"training wall clock: MobileNetV3-Small {cnn_s:.0f} s ({cnn_steps} steps); ours {chain_s:.0f} s for the "
+          f"whole chain incl. dataset and package (time budget {args.budget:.0f} s for MAE + supernet + search + "
+          "fine-tune)")
+    print(f"{'model':<34} {'input':>5} {'test top-1':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    name = "vitforge ViT " + "-".join(f"{k[0]}{v:g}" for k, v in search["arch"].items())
+    print(f"{name:<34} {size:>5} {ours_top1:>10.4f} {ours_lat.p50_ms:>8.3f} {ours_lat.p99_ms:>8.3f}")
+    print(f"{'MobileNetV3-Small (random init)':<34} {args.cnn_size:>5} {cnn_top1:>10.4f} {cnn_lat.p50_ms:>8.3f} "
+          f"{cnn_lat.p99_ms:>8.3f}")
+    won = ours_top1 >= cnn_top1 and ours_lat.p50_ms <= cnn_lat.p50_ms
+    print(f"goal (ours >= CNN top-1 at <= its p50): {'met' if won else 'NOT met'} "
+          f"({100 * (ours_top1 - cnn_top1):+.1f} points, {ours_lat.p50_ms / cnn_lat.p50_ms:.2f}x the CNN's p50; "
+          f"package p50 in the chain {pkg['p50_ms']:.3f} ms)")
+    png = root / "peer.png"
+    pareto_png(png, search, (ours_lat.p50_ms, ours_top1), (cnn_lat.p50_ms, cnn_top1), f"peer: {Path(args.data).name}")
+    print(f"Pareto plot {png}")
 
 
 if __name__ == "__main__":

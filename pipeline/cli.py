@@ -221,9 +221,10 @@ def _run_chain(args: argparse.Namespace) -> int:
     params = load_params(args.root)
     budget = ChainBudget(parse_duration(args.time_budget), params["budget"]["shares"]) if args.time_budget else None
     t = args.target
-    for name, step, share in [("dataset", cmd_stage_dataset, None), ("pretrain", cmd_stage_pretrain, "pretrain"),
-                              ("supernet", cmd_stage_supernet, "supernet"), (f"search {t}", cmd_stage_search, "search"),
-                              (f"finetune {t}", cmd_stage_finetune, "finetune"), (f"package {t}", cmd_stage_package, None)]:
+    chain = [("dataset", cmd_stage_dataset, None), ("pretrain", cmd_stage_pretrain, "pretrain"),
+             ("supernet", cmd_stage_supernet, "supernet"), (f"search {t}", cmd_stage_search, "search"),
+             (f"finetune {t}", cmd_stage_finetune, "finetune"), (f"package {t}", cmd_stage_package, None)]
+    for name, step, share in chain:
         args.time_budget_s = budget.for_stage(share) if budget and share else None
         note = f" (time budget {args.time_budget_s:.0f} s)" if args.time_budget_s else ""
         print(f"== {name}{note}", flush=True)
@@ -244,7 +245,9 @@ def _run_chain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole chain, as far as it is built, on the packaged digits."""
     args.data, args.format, args.skip_invalid = None, None, False
-    args.target = load_params(args.root)["demo"]["target"]
+    demo = load_params(args.root)["demo"]
+    args.target = demo["target"]
+    args.time_budget = args.time_budget or demo["time_budget"]
     return _run_chain(args)
 
 
@@ -297,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     budget_help = "wall clock for the training stages, e.g. 10m (split by params.yaml budget.shares)"
     p = sub.add_parser("demo", help="run the whole chain on the packaged digits")
-    p.add_argument("--time-budget", metavar="DURATION", help=budget_help)
+    p.add_argument("--time-budget", metavar="DURATION", help=budget_help + " (default: params.yaml demo.time_budget)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run the whole chain on a dataset for one target")
