@@ -15,12 +15,14 @@ _SUP = section("supernet")
 
 class PretrainConfig(Config):
     epochs: int = Field(default=_PRE["epochs"], description="passes over every image")
+    time_budget_s: float | None = Field(default=_PRE["time_budget_s"], description="seconds; steps fit it")
     lr: float = _PRE["lr"]
     resume: bool = Field(default=False, description="continue from the last checkpoint")
 
 
 class SupernetConfig(Config):
     epochs: int = Field(default=_SUP["epochs"], description="passes over the train split")
+    time_budget_s: float | None = Field(default=_SUP["time_budget_s"], description="seconds; steps fit it")
     lr: float = _SUP["lr"]
     resume: bool = Field(default=False, description="continue from the last checkpoint")
 
@@ -30,7 +32,8 @@ def pretrained_backbone(context: AssetExecutionContext, config: PretrainConfig, 
                         project: ProjectResource, mlflow: MlflowTracking) -> Output[dict]:
     tracker = mlflow.tracker()
     res = run_pretrain(project.path, project.params(), tracker, dataset, tags={"dagster_run_id": context.run_id},
-                       resume=config.resume, overrides={"epochs": config.epochs, "lr": config.lr})
+                       resume=config.resume,
+                       overrides={"epochs": config.epochs, "lr": config.lr, "time_budget_s": config.time_budget_s})
     context.log.info(f"MAE: {res.steps} steps, final loss {res.final_loss:.4f}, {res.images_per_s:.0f} images/s")
     return Output(res.to_dict(), metadata={
         "final_loss": res.final_loss, "steps": res.steps, "images_per_s": res.images_per_s,
@@ -46,7 +49,7 @@ def supernet(context: AssetExecutionContext, config: SupernetConfig, dataset: di
     tracker = mlflow.tracker()
     res = run_supernet(project.path, project.params(), tracker, dataset, pretrained_backbone["weights"],
                        tags={"dagster_run_id": context.run_id}, resume=config.resume,
-                       overrides={"epochs": config.epochs, "lr": config.lr})
+                       overrides={"epochs": config.epochs, "lr": config.lr, "time_budget_s": config.time_budget_s})
     context.log.info(f"supernet val top-1: {res.val_top1}")
     return Output(res.to_dict(), metadata={
         "val_top1": MetadataValue.json(res.val_top1), "steps": res.steps,

@@ -40,11 +40,15 @@ def cmd_stage_dataset(args: argparse.Namespace) -> int:
     res = run_dataset(
         args.root, params, _tracker(args.root, params),
         data=args.data or p["data"], fmt=args.format or p["format"],
-        skip_invalid=args.skip_invalid or p["skip_invalid"],
+        skip_invalid=args.skip_invalid or p["skip_invalid"], unlabeled=getattr(args, "unlabeled", None),
     )
     print(f"dataset version {res.version}")
     print(f"{res.num_images} images, {len(res.classes)} classes, format {res.format}")
     print("split   " + "  ".join(f"{s}={n}" for s, n in res.counts.items()))
+    if res.unlabeled:
+        print(f"unlabeled {res.unlabeled} images (MAE pre-training only)")
+    if res.native_size:
+        print(f"native size {res.native_size[0]}x{res.native_size[1]} (median)")
     for name, per_split in res.class_histogram.items():
         print(f"  {name:>16}: " + "  ".join(f"{s}={n}" for s, n in per_split.items()))
     for s in res.skipped:
@@ -257,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     resolve_target(args.root, load_params(args.root), args.target)  # an unknown target fails before any work
     args.data = str(Path(args.data).resolve())
+    args.unlabeled = str(Path(args.unlabeled).resolve()) if args.unlabeled else None
     return _run_chain(args)
 
 
@@ -298,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest")
     p.set_defaults(func=cmd_demo_data)
 
+    unlabeled_help = "a folder of images without labels (any tree): versioned with the data, seen only by MAE"
     budget_help = "wall clock for the training stages, e.g. 10m (split by params.yaml budget.shares)"
     p = sub.add_parser("demo", help="run the whole chain on the packaged digits")
     p.add_argument("--time-budget", metavar="DURATION", help=budget_help + " (default: params.yaml demo.time_budget)")
@@ -307,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="an ImageFolder tree or a COCO set")
     p.add_argument("--format", choices=["imagefolder", "coco"])
     p.add_argument("--skip-invalid", action="store_true", help="drop bad files instead of failing, listing each")
+    p.add_argument("--unlabeled", metavar="DIR", help=unlabeled_help)
     p.add_argument("--target", required=True, help="a file name (without .yaml) in infra/targets/")
     p.add_argument("--time-budget", metavar="DURATION", help=budget_help)
     p.set_defaults(func=cmd_run)
@@ -318,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder or builtin:digits (default from params.yaml)")
     p.add_argument("--format", choices=["imagefolder", "coco"])
     p.add_argument("--skip-invalid", action="store_true", help="drop bad files instead of failing, listing each")
+    p.add_argument("--unlabeled", metavar="DIR", help=unlabeled_help)
     p.set_defaults(func=cmd_stage_dataset)
     p = stages.add_parser("pretrain", help="MAE pre-training of the largest ViT")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

@@ -1,4 +1,4 @@
-"""MAE pre-training on every image of a dataset version (labels unused).
+"""MAE pre-training on every image of a dataset version: every split and the unlabeled images, labels unused.
 
 The command-line wrapper (also for torchrun) is ``pipeline/cli_pretrain.py``.
 """
@@ -6,14 +6,16 @@ The command-line wrapper (also for torchrun) is ``pipeline/cli_pretrain.py``.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from timm.layers import resample_abs_pos_embed
 
-from pipeline.data.tensors import load_split, normalize
+from pipeline.data.tensors import load_images, normalize
 from pipeline.models.supernet import SearchSpace
 from pipeline.ssl.mae import MAE, MAEConfig
 from pipeline.training import TrainConfig, TrainResult, seed_everything, train
@@ -31,21 +33,178 @@ class PretrainResult:
     images: torch.Tensor  # normalized, for the reconstruction plot
 
 
-def init_from_checkpoint(mae: MAE, path: Path) -> None:
-    """Start from a local timm-compatible ViT checkpoint (e.g. a user's DINOv2 or MAE ViT)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: init_checkpoint does not exist")
-    if path.suffix == ".safetensors":
-        state, _ = load_weights(path)
+class CheckpointError(ValueError):
+    """A ``pretrain.init_checkpoint`` that cannot be used. ``str(err)`` is one line naming the checkpoint."""
+
+
+HF_HUB_PREFIX = "hf-hub:"
+
+
+def init_from_checkpoint(mae: MAE, source: str | Path) -> None:
+    """Start the MAE encoder from a timm ViT checkpoint; every encoder tensor must come from it.
+
+    ``source``: a local file (``.safetensors``, or a torch ``.pth``/``.pt`` holding a state dict,
+    possibly wrapped as ``{"model": ...}`` or ``{"state_dict": ...}``), or ``hf-hub:NAME``, loaded
+    by timm (``timm.create_model("hf-hub:NAME", pretrained=True)``, which uses the local Hugging Face
+    cache when the hub cannot be reached).
+
+    The encoder is the largest arch of params.yaml ``space``, so the space must be set so that
+    its largest arch *is* the checkpoint's: ``max(depths)`` = its depth, ``max(embed_dims)`` = its
+    width, ``max(mlp_ratios)`` = its MLP ratio, ``patch_size`` = its patch size, and ``head_dim`` =
+    its width / its number of heads (the heads are not visible in a state dict: for a local file
+    this one cannot be checked). The load is strict: a missing tensor, an unexpected one or one of
+    another shape is a ``CheckpointError`` naming them and the checkpoint's depth and width. Two
+    exceptions: a classifier (``head.*``) is dropped, as the encoder has no head (``num_classes=0``);
+    and position embeddings for another token grid (pre-trained at another image size) are resampled
+    to the encoder's grid with ``timm.layers.resample_abs_pos_embed`` (bicubic, class token kept),
+    as timm does when it loads a checkpoint at a new image size.
+    """
+    name = str(source)
+    if name.startswith(HF_HUB_PREFIX):
+        state, heads = _read_hf_hub(name)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state)
-    own = mae.encoder.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ValueError(f"{path}: no tensor matches the encoder's names and shapes (largest arch of the space)")
-    mae.encoder.load_state_dict(usable, strict=False)
-    log.info("initialised %d/%d encoder tensors from %s", len(usable), len(own), path)
+        state, heads = _read_file(Path(source)), None
+    if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    # The encoder is built with num_classes=0 (no head): a checkpoint's classifier is not part of it.
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+
+    ckpt = _facts(state, heads)  # before any resampling: what the checkpoint is
+    enc = mae.encoder
+    own = enc.state_dict()
+    grid = mae.grid
+    pos = state.get("pos_embed")
+    if (isinstance(pos, torch.Tensor) and pos.dim() == 3 and pos.shape[-1] == own["pos_embed"].shape[-1]
+            and pos.shape[1] != own["pos_embed"].shape[1] and _is_square(pos.shape[1] - 1)):
+        old = math.isqrt(pos.shape[1] - 1)
+        state["pos_embed"] = resample_abs_pos_embed(pos.float(), [grid, grid], [old, old], num_prefix_tokens=1)
+        log.info("%s: position embeddings resampled from a %dx%d to a %dx%d grid", name, old, old, grid, grid)
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    enc_heads = enc.blocks[0].attn.num_heads if len(enc.blocks) else None
+    if missing or unexpected or wrong or (heads is not None and heads != enc_heads):
+        problems = [f"{label}: {_some(keys)}" for label, keys in
+                    [("missing", missing), ("unexpected", unexpected), ("wrong shape (checkpoint vs encoder)", wrong)]
+                    if keys]
+        if heads is not None and heads != enc_heads:
+            problems.append(f"num_heads {heads} vs {enc_heads}")
+        enc_facts = _facts(own, enc_heads)
+        raise CheckpointError(
+            f"{name}: does not fit the MAE encoder, the largest arch of params.yaml space ({_show(enc_facts)}); "
+            f"the checkpoint is {_show(ckpt) or 'not a timm ViT state dict'}: {_fix(ckpt, enc_facts)}; "
+            + "; ".join(problems))
+    enc.load_state_dict(state, strict=True)
+    log.info("initialised all %d encoder tensors from %s", len(own), name)
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: init_checkpoint does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_weights(path)[0]
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # safetensors and unpickling raise many types; all mean "unreadable"
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({_first_line(err)})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors (nor one under 'model' or 'state_dict')")
+    return obj
+
+
+def _read_hf_hub(name: str) -> tuple[dict[str, torch.Tensor], int]:
+    """A timm model from the Hugging Face Hub (or the local HF cache): its state dict and number of heads."""
+    import timm
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+    from timm.models.vision_transformer import VisionTransformer
+
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0)
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{name}: no such model on the Hugging Face Hub (or it is private or gated)") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError) as err:
+        raise CheckpointError(f"{name}: the Hugging Face Hub cannot be reached (offline or no network) and the "
+                              f"model is not in the local cache ({type(err).__name__}); download it where there "
+                              "is network, or use a local checkpoint file") from None
+    except EntryNotFoundError:
+        raise CheckpointError(f"{name}: not a timm model on the Hugging Face Hub (no config.json or weights)"
+                              ) from None
+    except HfHubHTTPError as err:
+        raise CheckpointError(f"{name}: Hugging Face Hub error ({_first_line(err)})") from None
+    except RuntimeError as err:  # e.g. timm's "Unknown model" for an architecture it does not know
+        raise CheckpointError(f"{name}: timm cannot build it ({_first_line(err)})") from None
+    except Exception as err:
+        # A transport error the hub client did not wrap (its HTTP stack: httpx2/httpx/httpcore, or requests).
+        if type(err).__module__.split(".")[0] in {"httpx2", "httpx", "httpcore", "requests", "urllib3"}:
+            raise CheckpointError(f"{name}: the Hugging Face Hub cannot be reached ({type(err).__name__}: "
+                                  f"{_first_line(err)})") from None
+        raise
+    if not isinstance(model, VisionTransformer):
+        raise CheckpointError(f"{name}: a timm {type(model).__name__}, not a VisionTransformer")
+    return model.state_dict(), model.blocks[0].attn.num_heads if len(model.blocks) else 0
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
+def _some(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _facts(state: dict[str, torch.Tensor], heads: int | None) -> dict[str, int | float]:
+    """depth, width, MLP ratio, patch and image size of a timm ViT state dict, as far as it shows them."""
+    out: dict[str, int | float] = {}
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if blocks:
+        out["depth"] = max(blocks) + 1
+    w = state.get("patch_embed.proj.weight")
+    if isinstance(w, torch.Tensor) and w.dim() == 4:
+        out["embed_dim"] = w.shape[0]
+        fc1 = state.get("blocks.0.mlp.fc1.weight")
+        if isinstance(fc1, torch.Tensor) and fc1.dim() == 2:
+            out["mlp_ratio"] = fc1.shape[0] / fc1.shape[1]
+        out["patch_size"] = w.shape[-1]
+        pos = state.get("pos_embed")
+        if isinstance(pos, torch.Tensor) and pos.dim() == 3 and _is_square(pos.shape[1] - 1):
+            out["img_size"] = math.isqrt(pos.shape[1] - 1) * w.shape[-1]
+        if heads:
+            out["num_heads"] = heads
+            out["head_dim"] = w.shape[0] // heads
+    return out
+
+
+def _show(facts: dict[str, int | float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in facts.items())
+
+
+# The params.yaml space field that sets each fact of the largest arch (img_size is resampled, not set).
+_SPACE_FIELD = {"depth": "max(depths)", "embed_dim": "max(embed_dims)", "mlp_ratio": "max(mlp_ratios)",
+                "patch_size": "patch_size", "head_dim": "head_dim"}
+
+
+def _fix(ckpt: dict[str, int | float], enc: dict[str, int | float]) -> str:
+    """What to change in params.yaml space, for the facts that differ."""
+    todo = [f"{field} = {ckpt[k]:g}" for k, field in _SPACE_FIELD.items() if k in ckpt and ckpt[k] != enc.get(k)]
+    return ("set params.yaml space so that " + ", ".join(todo)) if todo else \
+        "set params.yaml space so its largest arch equals the checkpoint's"
 
 
 def pretrain(
@@ -62,12 +221,12 @@ def pretrain(
     seed_everything(cfg.seed, cfg.threads)
     space = SearchSpace.from_params(params["space"])
     mae_cfg = MAEConfig(p["mask_ratio"], p["decoder_dim"], p["decoder_depth"], p["decoder_heads"], p["norm_pix_loss"])
-    images, _ = load_split(data_dir, None, space.largest().img_size)  # every image; labels unused
+    images = load_images(data_dir, space.largest().img_size)  # every split and the unlabeled images
     x = normalize(images, params["model"]["mean"], params["model"]["std"])
 
     model = MAE(space, mae_cfg)
     if p.get("init_checkpoint"):
-        init_from_checkpoint(model, Path(p["init_checkpoint"]))
+        init_from_checkpoint(model, p["init_checkpoint"])
 
     def step_loss(net: torch.nn.Module, idx: torch.Tensor, step: int) -> torch.Tensor:
         loss, _, _ = net(x[idx])

@@ -1,4 +1,9 @@
-"""Stage ``dataset``: read, validate, split, copy, version with DVC, log to MLflow."""
+"""Stage ``dataset``: read, validate, split, copy, version with DVC, log to MLflow.
+
+An optional folder of unlabeled images (any tree, for MAE pre-training only) is
+validated like the labelled images, copied to ``<tracked_dir>/unlabeled/`` and
+versioned by the same ``dvc add``; the manifest lists it with split "unlabeled".
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from typing import Any
 from pipeline import plots
 from pipeline.data import build_manifest, read_dataset
 from pipeline.data.demo import write_digits
+from pipeline.data.manifest import UNLABELED
+from pipeline.data.readers import read_unlabeled
 from pipeline.data.versioning import dvc_add_and_push, replace_dir
 from pipeline.params import resolve
 from pipeline.tracking import Tracker, log_figure, log_file, log_json
@@ -29,10 +36,12 @@ class DatasetResult:
     classes: list[str]
     counts: dict[str, int]
     class_histogram: dict[str, dict[str, int]]  # {class: {split: images}}
-    num_images: int
+    num_images: int  # labelled set (train + val + test)
     skipped: list[dict]
     mlflow_run_id: str
     histogram_uri: str
+    unlabeled: int  # images under unlabeled/: MAE pre-training only
+    native_size: list[int] | None  # [median width, median height] of the labelled images
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,21 +69,30 @@ def run_dataset(
     fmt: str,
     skip_invalid: bool,
     tags: dict[str, str] | None = None,
+    unlabeled: str | None = None,
 ) -> DatasetResult:
+    """``unlabeled``: a folder of images without labels (any tree) that only MAE pre-training sees."""
     p = params["dataset"]
     src = resolve_source(data, root, p["demo_image_size"])
     # Everything that can fail on bad input happens before the tracked folder is touched.
     raw = read_dataset(src, fmt, skip_invalid=skip_invalid)
-    manifest = build_manifest(raw, p["val_fraction"], p["test_fraction"])
+    unl_src = resolve(unlabeled, root) if unlabeled else None
+    raw_unl = read_unlabeled(unl_src, skip_invalid=skip_invalid) if unl_src else None
+    manifest = build_manifest(raw, p["val_fraction"], p["test_fraction"], raw_unl)
+    labelled = manifest.labelled_files()
+    n_unlabeled = len(manifest.unlabeled_files())
 
     target = resolve(p["tracked_dir"], root)
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = target.with_name(target.name + ".staged")
     shutil.rmtree(staged, ignore_errors=True)
-    for rel in [f["path"] for f in manifest.files] + raw.extra_files:
+    copies = [(src / f["path"], f["path"]) for f in labelled] + [(src / rel, rel) for rel in raw.extra_files]
+    if unl_src:
+        copies += [(unl_src / s.path, f"{UNLABELED}/{s.path}") for s in raw_unl.samples]
+    for origin, rel in copies:
         dst = staged / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / rel, dst)
+        shutil.copyfile(origin, dst)
     manifest.write(staged)
     replace_dir(staged, target)
     version = dvc_add_and_push(root, target, p["dvc_remote_name"], resolve(p["dvc_remote_url"], root))
@@ -85,13 +103,17 @@ def run_dataset(
         import mlflow
 
         mlflow.log_params({"data": data, "format": fmt, "skip_invalid": skip_invalid,
-                           "val_fraction": p["val_fraction"], "test_fraction": p["test_fraction"]})
-        mlflow.log_metrics({"images": len(manifest.files), "classes": len(manifest.classes),
-                            "skipped": len(manifest.skipped), **{f"images_{k}": v for k, v in counts.items()}})
+                           "val_fraction": p["val_fraction"], "test_fraction": p["test_fraction"],
+                           "unlabeled": unlabeled or "", "native_size": str(manifest.native_size)})
+        mlflow.log_metrics({"images": len(labelled), "classes": len(manifest.classes),
+                            "skipped": len(manifest.skipped), **{f"images_{k}": v for k, v in counts.items()},
+                            f"images_{UNLABELED}": n_unlabeled})
         log_json(hist, "class_histogram.json")
         hist_uri = log_figure(plots.class_histogram(hist, f"dataset {version[:8]}"), "class_histogram.png")
         log_file(target / "manifest.json")
         run_id = run.info.run_id
-    log.info("dataset version %s: %d images, %s", version, len(manifest.files), counts)
+    log.info("dataset version %s: %d images, %s, %d unlabeled, native size %s", version, len(labelled), counts,
+             n_unlabeled, manifest.native_size)
     return DatasetResult(version, str(target), str(target / "manifest.json"), manifest.format, manifest.classes,
-                         counts, hist, len(manifest.files), manifest.skipped, run_id, hist_uri)
+                         counts, hist, len(labelled), manifest.skipped, run_id, hist_uri,
+                         unlabeled=n_unlabeled, native_size=manifest.native_size)

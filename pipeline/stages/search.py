@@ -11,9 +11,9 @@ from typing import Any
 
 from pipeline import plots
 from pipeline.data.tensors import load_split, normalize
+from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
 from pipeline.nas.latency_model import load_or_fit, measure_arch
-from pipeline.finetune.train import finetune
 from pipeline.nas.search import SearchSettings, choose, evolutionary_search
 from pipeline.nas.supernet_train import evaluate, load_supernet
 from pipeline.params import resolve
