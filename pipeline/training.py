@@ -6,9 +6,9 @@ every N steps that carry their config and resume bit for bit: the data order is 
 function of (seed, epoch) and the RNG state is saved with the weights.
 
 A run is as long as its epochs say, or, with ``time_budget_s``, as many steps as
-fit the budget: the first few steps are timed and the step count is fixed from
-them (never below ``min_steps``), so the learning-rate schedule still ends at
-its last step. The step count a run took is recorded; replaying it
+fit the budget: the step count is fitted to the pace of the steps so far (never
+below ``min_steps``) and re-fitted every few steps, so the learning-rate schedule
+still ends at the run's last step. The step count a run took is recorded; replaying it
 (``max_steps``) needs no clock. Optional: layer-wise learning-rate decay (timm's
 ``param_groups_layer_decay``, for timm ViTs) and an EMA of the weights (timm's
 ``ModelEmaV3``), both saved in the checkpoint.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -186,10 +187,16 @@ def train(
     model.train()
     t0 = time.perf_counter()
     seen = 0
-    bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=rank != 0, leave=False, mininterval=1.0)
+    # A bar on a terminal; elsewhere (Dagster run logs, CI, files) a log line every 10 s instead of
+    # carriage-return floods.
+    interactive = rank == 0 and sys.stderr.isatty()
+    bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=not interactive, leave=False,
+               mininterval=1.0)
+    last_log = time.perf_counter()
     step, t_probe = start, 0.0
+    timed = not fitted
     while step < total:
-        if not fitted and step == start + 1:
+        if timed and step == start + 1:
             t_probe = time.perf_counter()  # the first step pays for warm-up allocations: time the ones after
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg) * group.get("lr_scale", 1.0)
@@ -212,20 +219,27 @@ def train(
         bar.set_postfix(loss=f"{history[-1]:.4f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
         if on_step is not None and rank == 0:
             on_step(step, history[-1])
+        if rank == 0 and not interactive and time.perf_counter() - last_log >= 10.0:
+            last_log = time.perf_counter()
+            log.info("%s: step %d/%d, loss %.4f, %.0f images/s", desc, step + 1, total, history[-1],
+                     seen / max(elapsed, 1e-9))
         step += 1
-        if not fitted and step == start + 1 + PROBE_STEPS:
-            per_step = (time.perf_counter() - t_probe) / PROBE_STEPS
-            total = steps_for_budget(cfg.time_budget_s, elapsed, step - start, per_step, cfg.min_steps) + start
+        if timed and step >= start + 1 + PROBE_STEPS and (step - start - 1) % PROBE_STEPS == 0:
+            # re-fitted every few steps from the pace so far, so a machine that slows down mid-run
+            # (another job on the cores) shortens the run instead of overrunning the budget
+            per_step = (time.perf_counter() - t_probe) / (step - start - 1)
+            total = steps_for_budget(cfg.time_budget_s, time.perf_counter() - t0, step - start, per_step,
+                                     cfg.min_steps) + start
             if world > 1:  # every rank must run the same number of steps: rank 0 decides
                 t = torch.tensor([total])
                 dist.broadcast(t, 0)
                 total = int(t)
-            fitted = True
             bar.total = total
-            log.info("%s: %.3f s/step, %d steps fit the %.0f s budget", desc, per_step, total, cfg.time_budget_s)
         if checkpoint is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == total):
             save_checkpoint(checkpoint, model, opt, step, ckpt_config, history, total, ema)
     bar.close()
     elapsed = time.perf_counter() - t0
+    if timed:
+        log.info("%s: %d steps in %.0f s (budget %.0f s)", desc, step - start, elapsed, cfg.time_budget_s)
     return TrainResult(len(history), history, seen / max(elapsed, 1e-9), elapsed,
                        ema.module if ema is not None else None)

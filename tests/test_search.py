@@ -84,3 +84,14 @@ def test_kendall_tau():
     assert kendall_tau([0.1, 0.2, 0.3], [0.9, 0.6, 0.5]) == -1.0
     assert kendall_tau([0.1, 0.2], [0.2, 0.1]) is None
     assert kendall_tau([0.1, 0.2, 0.3], [0.5, 0.5, 0.5]) is None
+
+
+def test_the_shortlist_always_gives_one_brief_fine_tune_to_the_arch_that_spends_the_budget():
+    from pipeline.nas.search import shortlist
+
+    evaluated = [Candidate(Arch(d, 32, 1.0, 16), top1, float(d)) for d, top1 in
+                 [(1, 0.9), (2, 0.5), (3, 0.6), (4, 0.3)]]  # the biggest looks worst inherited
+    front = pareto_front(evaluated)
+    assert [c.arch.depth for c in front] == [1]
+    assert [c.arch.depth for c in shortlist(front, evaluated, k=3)] == [1, 3, 4, 2]
+    assert [c.arch.depth for c in shortlist(front, evaluated, k=1)] == [1, 3, 2, 4]

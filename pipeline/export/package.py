@@ -92,10 +92,11 @@ def check_parity(onnx_path: Path, edge: EdgeModel, target: Target, images: np.nd
     )
 
 
-def _optimize(fp32: Path, arch: Arch, out: Path) -> Path:
+def _optimize(fp32: Path, model: torch.nn.Module, out: Path) -> Path:
     from onnxruntime.transformers.optimizer import optimize_model
 
-    optimized = optimize_model(str(fp32), model_type="vit", num_heads=arch.num_heads, hidden_size=arch.embed_dim)
+    attn = model.blocks[0].attn
+    optimized = optimize_model(str(fp32), model_type="vit", num_heads=attn.num_heads, hidden_size=model.embed_dim)
     optimized.save_model_to_file(str(out))
     return out
 
@@ -139,7 +140,7 @@ def build_package(weights: Path, data_dir: Path, out_dir: Path, target: Target, 
         artifact = quantize_int8(fp32, work / "model.int8.onnx", calib)
         optimizer = "static int8 (QDQ), calibrated on train images"
     elif p["optimize"] and target.runtime == "onnxruntime":
-        artifact, optimizer = _pick_optimized(fp32, arch, work, edge, target, test_images, labels, p, size)
+        artifact, optimizer = _pick_optimized(fp32, model, work, edge, target, test_images, labels, p, size)
 
     parity = check_parity(artifact, edge, target, test_images, labels, p["parity_images"], size, **runner_kwargs)
     latency = measure_latency(artifact, target, input_size=size, warmup=p["warmup"], runs=p["runs"],
@@ -161,11 +162,11 @@ def build_package(weights: Path, data_dir: Path, out_dir: Path, target: Target, 
     return pkg
 
 
-def _pick_optimized(fp32: Path, arch: Arch, work: Path, edge: EdgeModel, target: Target, images: np.ndarray,
+def _pick_optimized(fp32: Path, model: torch.nn.Module, work: Path, edge: EdgeModel, target: Target, images: np.ndarray,
                     labels: np.ndarray, p: dict[str, Any], size: int) -> tuple[Path, str]:
     """Keep the transformer-optimized graph only if it still matches PyTorch and is measured faster."""
     try:
-        opt = _optimize(fp32, arch, work / "model.opt.onnx")
+        opt = _optimize(fp32, model, work / "model.opt.onnx")
     except Exception as err:  # the optimizer is best-effort by design: it may not apply to a graph
         log.warning("ONNX Runtime transformer optimizer did not apply: %s", err)
         return fp32, f"not applied: {type(err).__name__}"

@@ -145,16 +145,34 @@ class Choice:
     tau: float | None  # Kendall tau, inherited vs fine-tuned val top-1, over the fine-tuned archs
 
 
+def shortlist(front: list[Candidate], evaluated: list[Candidate], k: int) -> list[Candidate]:
+    """The archs worth measuring, in order: the front by inherited top-1, then the other evaluated archs
+    by inherited top-1, with the arch predicted closest to the budget moved up to the k-th place.
+
+    Sandwich training fits the largest and smallest subnets best, so in-between archs, the big ones
+    near the budget in particular, look worse inherited than they fine-tune; one of the k brief
+    fine-tunes always goes to the arch that spends the budget.
+    """
+    by_top1 = sorted(front, key=lambda c: (-c.top1, c.predicted_ms))
+    by_top1 += sorted((c for c in evaluated if c not in front), key=lambda c: (-c.top1, c.predicted_ms))
+    fullest = max(evaluated, key=lambda c: (c.predicted_ms, c.top1))
+    if k > 1 and fullest in by_top1[k - 1:]:
+        by_top1.remove(fullest)
+        by_top1.insert(k - 1, fullest)
+    return by_top1
+
+
 def choose(front: list[Candidate], measure_ms: Callable[[Arch], float], budget_ms: float, *, top_k: int = 1,
-           finetune_top1: Callable[[Arch], float] | None = None) -> Choice:
-    """Measure the most accurate front archs until ``top_k`` meet the budget; pick among those.
+           finetune_top1: Callable[[Arch], float] | None = None, evaluated: list[Candidate] | None = None
+           ) -> Choice:
+    """Measure the shortlisted archs until ``top_k`` meet the budget; pick among those.
 
     With ``finetune_top1`` (a brief fine-tune, scored on val) the pick is the best fine-tuned arch
     (ties: the faster); without it, the most accurate inherited one.
     """
     tried: list[dict] = []
     within: list[tuple[Candidate, float, dict]] = []
-    for cand in sorted(front, key=lambda c: (-c.top1, c.predicted_ms)):
+    for cand in shortlist(front, evaluated or front, top_k):
         measured = measure_ms(cand.arch)
         row = {**cand.to_dict(), "measured_ms": measured, "within_budget": measured <= budget_ms}
         tried.append(row)

@@ -109,7 +109,8 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
                            overrides=overrides)
         return res.val.top1
 
-    choice = choose(front, measure, target.latency_budget_ms, top_k=k, finetune_top1=finetune_top1 if k > 1 else None)
+    choice = choose(front, measure, target.latency_budget_ms, top_k=k, finetune_top1=finetune_top1 if k > 1 else None,
+                    evaluated=evaluated)
     chosen, measured, tried = choice.candidate, choice.measured_ms, choice.tried
     for row in tried:
         row["top1_se"] = standard_error(row["top1"], n_val)
