@@ -11,7 +11,7 @@ from pipeline.nas import latency_model as lm
 from pipeline.targets import load_target
 
 SPACE = {"patch_size": 4, "img_sizes": [8, 16], "depths": [1, 2, 3], "embed_dims": [16, 32, 64],
-         "head_dim": 8, "mlp_ratios": [1.0, 2.0]}
+         "head_dim": 8, "stem": "patch", "stem_width": 8, "mlp_ratios": [1.0, 2.0]}
 TARGET = "runtime: onnxruntime\ndevice: cpu\nprecision: fp32\nthreads: 1\nbatch_size: 1\nlatency_budget_ms: 5\n"
 KW = {"n_fit": 10, "n_holdout": 5, "warmup": 3, "runs": 15, "seed": 0, "mean": [0.5] * 3, "std": [0.5] * 3}
 

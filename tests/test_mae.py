@@ -12,7 +12,7 @@ from pipeline.ssl.train import pretrain
 
 def tiny_mae() -> MAE:
     space = SearchSpace.from_params({"patch_size": 4, "img_sizes": [16], "depths": [2], "embed_dims": [32],
-                                     "head_dim": 8, "mlp_ratios": [2.0]})
+                                     "head_dim": 8, "stem": "patch", "stem_width": 8, "mlp_ratios": [2.0]})
     return MAE(space, MAEConfig(0.75, 16, 1, 2, True))
 
 

@@ -25,7 +25,8 @@ from pipeline.weights import load_weights
 
 # ---- init_checkpoint ----------------------------------------------------------------------------
 
-SPACE = {"patch_size": 4, "img_sizes": [16], "depths": [2], "embed_dims": [32], "head_dim": 8, "mlp_ratios": [2.0]}
+SPACE = {"patch_size": 4, "img_sizes": [16], "depths": [2], "embed_dims": [32], "head_dim": 8, "stem": "patch",
+         "stem_width": 8, "mlp_ratios": [2.0]}
 
 
 def vit_state(num_classes: int = 0, seed: int = 1, **space_edit) -> dict[str, torch.Tensor]:

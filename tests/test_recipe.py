@@ -16,7 +16,7 @@ from pipeline.training import TrainConfig, param_groups, train
 FULL = Recipe(rand_augment="rand-m9-mstd0.5-inc1-mmax9", mixup=0.8, cutmix=1.0, mix_prob=1.0, label_smoothing=0.1,
               random_erasing=0.25, drop_path=0.1, max_shift=1)
 SPACE = SearchSpace.from_params({"patch_size": 4, "img_sizes": [16], "depths": [1, 3], "embed_dims": [16, 32],
-                                 "head_dim": 8, "mlp_ratios": [2.0]}, num_classes=4)
+                                 "head_dim": 8, "stem": "patch", "stem_width": 8, "mlp_ratios": [2.0]}, num_classes=4)
 
 
 def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

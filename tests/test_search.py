@@ -8,7 +8,7 @@ from pipeline.models.supernet import Arch, SearchSpace, arch_flops
 from pipeline.nas.search import Candidate, SearchSettings, choose, evolutionary_search, kendall_tau, pareto_front
 
 SPACE = SearchSpace.from_params({"patch_size": 4, "img_sizes": [16, 24, 32], "depths": [1, 2, 3, 4, 6],
-                                 "embed_dims": [32, 64, 96, 128], "head_dim": 16,
+                                 "embed_dims": [32, 64, 96, 128], "head_dim": 16, "stem": "patch", "stem_width": 8,
                                  "mlp_ratios": [1.0, 2.0, 4.0]}, num_classes=10)
 SETTINGS = SearchSettings(population=12, generations=5, parents=4, mutations_per_gen=4, crossovers_per_gen=4,
                           mutation_prob=0.3, seed=0)

@@ -13,16 +13,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.models.supernet import Arch, SearchSpace, Supernet, arch_flops, arch_params, build_vit, extract_subnet
 
 SPACE = {"patch_size": 4, "img_sizes": [16, 24, 32], "depths": [1, 2, 3], "embed_dims": [24, 48, 96],
-         "head_dim": 8, "mlp_ratios": [1.0, 2.0, 4.0]}
+         "head_dim": 8, "stem": "patch", "stem_width": 8, "mlp_ratios": [1.0, 2.0, 4.0]}
 
 
-@pytest.fixture(scope="module")
-def trained_supernet() -> Supernet:
+@pytest.fixture(scope="module", params=["patch", "conv"])
+def trained_supernet(request) -> Supernet:
     torch.manual_seed(0)
-    net = Supernet(SearchSpace.from_params(SPACE, num_classes=7))
+    net = Supernet(SearchSpace.from_params({**SPACE, "stem": request.param}, num_classes=7))
     with torch.no_grad():  # random weights everywhere, so no slice hides behind zeros or ones
         for p in net.parameters():
             p.normal_(0, 0.2)
+        for name, b in net.vit.named_buffers():  # BatchNorm statistics of a conv stem, not the init's 0 and 1
+            if b.is_floating_point():
+                b.uniform_(0.5, 1.5) if "var" in name else b.normal_(0, 0.2)
     return net.eval()
 
 
@@ -38,6 +41,8 @@ def reference_subnet(net: Supernet, arch: Arch) -> VisionTransformer:
     hidden = int(d * arch.mlp_ratio)
     sub = build_vit(arch, space).eval()
     with torch.no_grad():
+        if space.stem == "conv":  # the stem is every subnet's, whole
+            sub.patch_embed.stem.load_state_dict(big.patch_embed.stem.state_dict())
         sub.patch_embed.proj.weight.copy_(big.patch_embed.proj.weight[:d])
         sub.patch_embed.proj.bias.copy_(big.patch_embed.proj.bias[:d])
         sub.cls_token.copy_(big.cls_token[..., :d])
@@ -120,9 +125,10 @@ def test_gradients_reach_the_shared_weights():
     assert net.vit.blocks[-1].attn.qkv.weight.grad is None  # depth 1: the last block is not used
 
 
+@pytest.mark.parametrize("stem", ["patch", "conv"])
 @pytest.mark.parametrize("arch", [Arch(3, 96, 4.0, 32), Arch(1, 24, 1.0, 16), Arch(2, 48, 2.0, 24)])
-def test_flops_and_params_are_computed_not_guessed(arch):
-    space = SearchSpace.from_params(SPACE, num_classes=10)
+def test_flops_and_params_are_computed_not_guessed(arch, stem):
+    space = SearchSpace.from_params({**SPACE, "stem": stem}, num_classes=10)
     net = Supernet(space)
     sub = extract_subnet(net, arch)
     for blk in sub.blocks:
@@ -145,3 +151,29 @@ def test_space_bounds_come_from_params():
         SearchSpace.from_params({**SPACE, "embed_dims": [20, 48]})
     with pytest.raises(ValueError, match="outside the search space"):
         Supernet(space)(torch.randn(1, 3, 32, 32), Arch(9, 96, 4.0, 32))
+
+
+def test_conv_stem_trains_shared_weights_and_statistics_and_exports_to_plain_onnx(tmp_path):
+    import numpy as np
+
+    from pipeline.export.onnx import export_onnx
+    from pipeline.targets.runners import ort_session
+
+    space = SearchSpace.from_params({**SPACE, "stem": "conv"}, num_classes=3)
+    net = Supernet(space).train()
+    arch = space.smallest()
+    before = net.vit.patch_embed.stem[1].running_mean.clone()
+    net(torch.randn(4, 3, 32, 32), arch).sum().backward()
+    assert net.vit.patch_embed.stem[0].weight.grad.abs().sum() > 0
+    assert not torch.equal(net.vit.patch_embed.stem[1].running_mean, before)  # statistics updated in place
+    sub = extract_subnet(net.eval(), arch)
+    path = export_onnx(sub, tmp_path / "m.onnx", input_size=arch.img_size, mean=[0.5] * 3, std=[0.5] * 3)
+    images = np.random.default_rng(0).integers(0, 256, (2, arch.img_size, arch.img_size, 3), dtype=np.uint8)
+    out = ort_session(path, 1).run(None, {"image": images})[0]
+    with torch.no_grad():
+        ref = sub((torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5).numpy()
+    assert np.abs(out - ref).max() < 1e-4
+    with pytest.raises(ValueError, match="conv stem needs a power-of-two patch_size, got 6"):
+        SearchSpace.from_params({**SPACE, "stem": "conv", "patch_size": 6, "img_sizes": [12]})
+    with pytest.raises(ValueError, match="space.stem: expected 'patch' or 'conv'"):
+        SearchSpace.from_params({**SPACE, "stem": "hybrid"})

@@ -62,7 +62,8 @@ def test_target_file_that_is_not_a_mapping(tmp_path, text, problem):
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
     space = SearchSpace.from_params({"patch_size": 4, "img_sizes": [16], "depths": [1], "embed_dims": [16],
-                                     "head_dim": 8, "mlp_ratios": [2.0]}, num_classes=3)
+                                     "head_dim": 8, "stem": "patch", "stem_width": 8, "mlp_ratios": [2.0]},
+                                    num_classes=3)
     torch.manual_seed(0)
     model = build_vit(Arch(1, 16, 2.0, 16), space).eval()
     path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", input_size=16, mean=[0.5] * 3,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,6 +31,8 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.func import functional_call
+
+from pipeline.models.stem import ConvStem, stem_cost, stem_widths
 
 # ---- the search space -----------------------------------------------------------------------------
 
@@ -60,6 +63,8 @@ class SearchSpace:
     embed_dims: tuple[int, ...]
     head_dim: int
     mlp_ratios: tuple[float, ...]
+    stem: str  # "patch": ViT's patchify convolution; "conv": a convolutional stem (pipeline.models.stem)
+    stem_width: int  # channels of the conv stem's first convolution (doubling after each)
     in_chans: int = 3
     num_classes: int = field(default=0)  # set from the dataset
 
@@ -72,8 +77,14 @@ class SearchSpace:
             embed_dims=tuple(sorted(int(v) for v in p["embed_dims"])),
             head_dim=int(p["head_dim"]),
             mlp_ratios=tuple(sorted(float(v) for v in p["mlp_ratios"])),
+            stem=str(p["stem"]),
+            stem_width=int(p["stem_width"]),
             num_classes=num_classes,
         )
+        if space.stem not in ("patch", "conv"):
+            raise ValueError(f"params.yaml space.stem: expected 'patch' or 'conv', got {space.stem!r}")
+        if space.stem == "conv":
+            stem_widths(space.patch_size, space.stem_width)  # checks the patch size suits a conv stem
         for size in space.img_sizes:
             if size % space.patch_size:
                 raise ValueError(f"params.yaml space.img_sizes: {size} is not a multiple of patch_size "
@@ -113,23 +124,33 @@ def num_tokens(arch: Arch, patch_size: int) -> int:
     return (arch.img_size // patch_size) ** 2 + 1  # patches + class token
 
 
+def _embed_cost(arch: Arch, space: SearchSpace) -> tuple[int, int]:
+    """(FLOPs, parameters) of the patch embedding: patchify conv, or conv stem + 1x1 projection."""
+    d, p, c = arch.embed_dim, space.patch_size, space.in_chans
+    patches = num_tokens(arch, p) - 1
+    if space.stem == "patch":
+        return 2 * patches * c * p * p * d, c * p * p * d + d
+    flops, params = stem_cost(arch.img_size, p, c, space.stem_width)
+    c_last = stem_widths(p, space.stem_width)[-1]
+    return flops + 2 * patches * c_last * d, params + c_last * d + d
+
+
 def arch_params(arch: Arch, space: SearchSpace) -> int:
     """Parameter count of the timm model ``build_vit(arch, space)``."""
-    d, p, c = arch.embed_dim, space.patch_size, space.in_chans
+    d, p = arch.embed_dim, space.patch_size
     hidden = int(d * arch.mlp_ratio)
     block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * hidden + hidden) + (hidden * d + d)
-    embed = c * p * p * d + d + d + num_tokens(arch, p) * d  # patch conv, cls token, pos embed
+    embed = _embed_cost(arch, space)[1] + d + num_tokens(arch, p) * d  # patch embedding, cls token, pos embed
     head = 2 * d + (d * space.num_classes + space.num_classes if space.num_classes else 0)
     return embed + arch.depth * block + head
 
 
 def arch_flops(arch: Arch, space: SearchSpace) -> int:
-    """Forward FLOPs for one image (2 per multiply-add), counting the matmuls, the patch conv and attention."""
+    """Forward FLOPs for one image (2 per multiply-add), counting the matmuls, convolutions and attention."""
     d, p = arch.embed_dim, space.patch_size
     n = num_tokens(arch, p)
     hidden = int(d * arch.mlp_ratio)
-    patches = n - 1
-    embed = 2 * patches * (space.in_chans * p * p) * d
+    embed = _embed_cost(arch, space)[0]
     block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
     head = 2 * d * space.num_classes
     return embed + arch.depth * block + head
@@ -139,7 +160,9 @@ def arch_flops(arch: Arch, space: SearchSpace) -> int:
 
 
 def build_vit(arch: Arch, space: SearchSpace, **kwargs: Any) -> VisionTransformer:
-    """The plain timm model of ``arch``: what a subnet is, and what ships."""
+    """The timm model of ``arch``: what a subnet is, and what ships (with a conv stem as its embed layer)."""
+    if space.stem == "conv":
+        kwargs["embed_layer"] = partial(ConvStem, stem_width=space.stem_width)
     return VisionTransformer(
         img_size=arch.img_size, patch_size=space.patch_size, in_chans=space.in_chans,
         num_classes=space.num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
@@ -155,7 +178,9 @@ def slice_state_dict(weights: dict[str, torch.Tensor], arch: Arch, space: Search
     out: dict[str, torch.Tensor] = {}
     for name, w in weights.items():
         parts = name.split(".")
-        if parts[0] == "blocks":
+        if name.startswith("patch_embed.stem."):
+            pass  # the conv stem (weights and BatchNorm statistics) is every subnet's
+        elif parts[0] == "blocks":
             if int(parts[1]) >= arch.depth:
                 continue
             leaf = ".".join(parts[2:])
@@ -174,7 +199,7 @@ def slice_state_dict(weights: dict[str, torch.Tensor], arch: Arch, space: Search
             else:  # norms and biases of width D
                 w = w[:d]
         elif name == "patch_embed.proj.weight":
-            w = w[:d]  # (D, C, p, p)
+            w = w[:d]  # (D, C, p, p), or (D, C_stem, 1, 1) after a conv stem
         elif name in ("cls_token",):
             w = w[..., :d]
         elif name == "pos_embed":
@@ -216,7 +241,10 @@ class Supernet(nn.Module):
                                           antialias=True, align_corners=False)
         template = self._template(arch)
         template.train(self.training)
-        weights = slice_state_dict(dict(self.vit.named_parameters()), arch, self.space)
+        # parameters as views (gradients reach the shared weights) and buffers (a conv stem's BatchNorm
+        # statistics, updated in place while training)
+        state = dict(self.vit.named_buffers()) | dict(self.vit.named_parameters())
+        weights = slice_state_dict(state, arch, self.space)
         return functional_call(template, weights, (x,))  # (B, num_classes)
 
     def state_for(self, arch: Arch) -> dict[str, torch.Tensor]:
