@@ -104,8 +104,8 @@ def cmd_stage_search(args: argparse.Namespace) -> int:
           f"inherited)  p50 {res.measured_p50_ms:.3f} ms (measured)")
     if res.finetuned_val_top1 is not None:
         tau = "n/a" if res.kendall_tau is None else f"{res.kendall_tau:.2f}"
-        print(f"         briefly fine-tuned val top-1 {res.finetuned_val_top1:.4f}; Kendall tau inherited vs "
-              f"fine-tuned {tau} over {sum('finetuned_top1' in r for r in res.tried)} archs")
+        print(f"         briefly fine-tuned val top-1 {res.finetuned_val_top1:.4f} ({res.rerank_steps} steps each); "
+              f"Kendall tau inherited vs fine-tuned {tau} over {sum('finetuned_top1' in r for r in res.tried)} archs")
     print(f"largest  {res.largest_arch}  val top-1 {res.largest_val_top1:.4f}  p50 {res.largest_p50_ms:.3f} ms")
     print(f"speedup  {res.largest_p50_ms / res.measured_p50_ms:.1f}x; {res.evaluated} archs evaluated; "
           f"MLflow run {res.mlflow_run_id}")
@@ -260,7 +260,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.stages.search import resolve_target
 
     resolve_target(args.root, load_params(args.root), args.target)  # an unknown target fails before any work
-    args.data = str(Path(args.data).resolve())
+    if not args.data.startswith("builtin:"):  # a folder given on the command line is taken from the cwd
+        args.data = str(Path(args.data).resolve())
     args.unlabeled = str(Path(args.unlabeled).resolve()) if args.unlabeled else None
     return _run_chain(args)
 

@@ -79,7 +79,7 @@ class BatchAugment:
         np.random.seed((self.seed * 1_000_003 + step) % 2**32)
         if self.rand_augment is not None:
             pil = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
-            images = torch.stack([torch.from_numpy(np.asarray(self.rand_augment(im))).permute(2, 0, 1)
+            images = torch.stack([torch.from_numpy(np.array(self.rand_augment(im))).permute(2, 0, 1)
                                   for im in pil])  # (B, 3, S, S) uint8
         x = random_shift(normalize(images, self.mean, self.std), self.recipe.max_shift)
         if self.erasing is not None:

@@ -187,7 +187,8 @@ def choose(front: list[Candidate], measure_ms: Callable[[Arch], float], budget_m
     if finetune_top1 is None or len(within) == 1:
         cand, measured, _ = within[0]
         return Choice(cand, measured, tried, None)
-    for cand, _, row in within:
+    # the most expensive first: under a time budget its step count becomes everyone's (pipeline.stages.search)
+    for cand, _, row in sorted(within, key=lambda w: -w[0].predicted_ms):
         row["finetuned_top1"] = finetune_top1(cand.arch)
         log.info("%s: inherited %.4f, fine-tuned %.4f", cand.arch.short(), cand.top1, row["finetuned_top1"])
     cand, measured, _ = max(within, key=lambda w: (w[2]["finetuned_top1"], -w[1]))

@@ -30,6 +30,7 @@ class SearchStageResult:
     val_images: int
     finetuned_val_top1: float | None  # after the brief fine-tune the pick was made on
     kendall_tau: float | None  # inherited vs briefly fine-tuned val top-1 over the fine-tuned archs
+    rerank_steps: int | None  # steps of each brief fine-tune (the same for every candidate)
     predicted_ms: float
     measured_p50_ms: float
     budget_ms: float
@@ -97,16 +98,24 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         allowed=lambda a: target.input_size is None or a.img_size == target.input_size)
     n_val = len(y_val)
     k = sp["rerank_top_k"]
+    rerank_steps: list[int] = [] if time_budget_s is not None else [sp["rerank_steps"]]
 
     def finetune_top1(arch: Arch) -> float:
-        if time_budget_s is not None:
-            left = time_budget_s - (time.perf_counter() - started)
-            overrides: dict[str, Any] = {"time_budget_s": max(left, 0.0) / k}
+        """A brief fine-tune; every candidate gets the same step count, so a fast arch cannot win on steps.
+
+        Under a time budget the first (most expensive) candidate gets 1/k of the time left, and the
+        steps it took are everyone's: the cheaper ones then need less than their share.
+        """
+        if rerank_steps:
+            overrides: dict[str, Any] = {"max_steps": rerank_steps[0]}
         else:
-            overrides = {"max_steps": sp["rerank_steps"]}
+            left = time_budget_s - (time.perf_counter() - started)
+            overrides = {"time_budget_s": max(left, 0.0) / k}
         with tempfile.TemporaryDirectory(prefix="vitforge-rerank-") as tmp:
             res = finetune(Path(dataset["tracked_dir"]), Path(tmp), params, Path(supernet_weights), arch,
                            overrides=overrides)
+        if not rerank_steps:
+            rerank_steps.append(res.train.steps)
         return res.val.top1
 
     choice = choose(front, measure, target.latency_budget_ms, top_k=k, finetune_top1=finetune_top1 if k > 1 else None,
@@ -131,7 +140,8 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
                             "speedup_vs_largest": largest_ms / measured, "evaluated_archs": len(evaluated),
                             "val_top1_se": standard_error(chosen.top1, n_val), "val_images": n_val}
                            | ({"finetuned_val_top1": finetuned} if finetuned is not None else {})
-                           | ({"kendall_tau": choice.tau} if choice.tau is not None else {}))
+                           | ({"kendall_tau": choice.tau} if choice.tau is not None else {})
+                           | ({"rerank_steps": rerank_steps[0]} if finetuned is not None else {}))
         ev = [c.to_dict() for c in evaluated]
         fr = [c.to_dict() for c in front]
         pareto_uri = log_figure(plots.pareto(ev, fr, target.latency_budget_ms, chosen.to_dict(),
@@ -147,7 +157,8 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         run_id = run.info.run_id
     return SearchStageResult(
         target.name, chosen.arch.to_dict(), chosen.top1, standard_error(chosen.top1, n_val), n_val, finetuned,
-        choice.tau, chosen.predicted_ms, measured, target.latency_budget_ms,
+        choice.tau, rerank_steps[0] if finetuned is not None else None, chosen.predicted_ms, measured,
+        target.latency_budget_ms,
         latency.mape, latency.max_error, largest.to_dict(), largest_top1, largest_ms, len(evaluated), fr, tried,
         str(resolve(lp["out_dir"], root) / f"{target.name}.json"), supernet_weights, dataset["version"], run_id,
         pareto_uri, scatter_uri)

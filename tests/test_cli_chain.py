@@ -1,0 +1,33 @@
+"""`vitforge run`: the whole chain from the command line under one time budget, on a tiny config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import set_params
+
+
+def test_run_splits_its_time_budget_and_ends_registered(tiny_project, digits_dir):
+    set_params(tiny_project, latency__max_mape=1.0, targets_dir="targets", pretrain__min_steps=3,
+               supernet__min_steps=3, finetune__min_steps=3, search__rerank_top_k=2)
+    (tiny_project / "targets").mkdir()
+    (tiny_project / "targets" / "box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\n"
+                                                       "threads: 1\nbatch_size: 1\nlatency_budget_ms: 50\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(tiny_project), "run", "--data",
+                           str(digits_dir), "--target", "box", "--time-budget", "40s"],
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for stage in ("pretrain", "supernet", "search box", "finetune box"):
+        assert f"== {stage} (time budget " in out
+    assert "registered vitforge-digits version 1 as candidate-box" in out
+    spent = next(line for line in out.splitlines() if "(budget 40 s for the training stages)" in line)
+    seconds = [float(w) for w in spent.split() if w.replace(".", "").isdigit()][:4]
+    assert sum(seconds) < 40 * 1.5, spent  # the training stages kept (close) to the budget
+    search = json.loads((tiny_project / "runs" / "search" / "box.json").read_text())
+    assert search["finetuned_val_top1"] is not None  # the pick was made on brief fine-tunes
+    assert sum("finetuned_top1" in r for r in search["tried"]) == 2
+    finetune = json.loads((tiny_project / "runs" / "finetune" / "box" / "result.json").read_text())
+    assert finetune["steps"] >= 3 and finetune["test_top1"] > 0.2  # 10 classes: well above chance
