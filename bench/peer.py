@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, required=True, help="a fresh project root for this comparison")
     ap.add_argument("--data", default="builtin:digits")
     ap.add_argument("--test-data", type=Path, default=None, help="a held-out ImageFolder (default: the test split)")
+    ap.add_argument("--unlabeled", type=Path, default=None, help="extra images for our MAE (the CNN cannot use them)")
     ap.add_argument("--budget", type=float, default=240.0, help="training wall clock in seconds, for both")
     ap.add_argument("--base-target", default="cpu-ort-fp32", help="runtime, threads and batch of the comparison")
     ap.add_argument("--cnn-size", type=int, default=32, help="MobileNetV3-Small's input size")
@@ -150,8 +151,9 @@ def main() -> None:
     # 3-4. our chain, for a target whose budget is the CNN's p50, with the same time budget
     write_peer_target(targets, targets / f"{args.base_target}.yaml", budget_ms)
     t0 = time.perf_counter()
-    rc = subprocess.run(vitforge + ["run", "--data", data, "--target", PEER_TARGET,
-                                    "--time-budget", f"{args.budget}s"]).returncode
+    extra = ["--unlabeled", str(args.unlabeled.resolve())] if args.unlabeled else []
+    rc = subprocess.run(vitforge + ["run", "--data", data, "--target", PEER_TARGET, "--time-budget", f"{args.budget}s",
+                                    *extra]).returncode
     chain_s = time.perf_counter() - t0
     pkg_result = resolve(p["out_dir"], root) / PEER_TARGET / "result.json"
     if rc and not pkg_result.is_file():

@@ -145,17 +145,22 @@ class Choice:
     tau: float | None  # Kendall tau, inherited vs fine-tuned val top-1, over the fine-tuned archs
 
 
-def shortlist(front: list[Candidate], evaluated: list[Candidate], k: int) -> list[Candidate]:
+FULLEST_MARGIN = 0.9  # the budget-spending candidate is predicted within 90 % of the budget: timing noise
+
+
+def shortlist(front: list[Candidate], evaluated: list[Candidate], k: int, budget_ms: float) -> list[Candidate]:
     """The archs worth measuring, in order: the front by inherited top-1, then the other evaluated archs
     by inherited top-1, with the arch predicted closest to the budget moved up to the k-th place.
 
     Sandwich training fits the largest and smallest subnets best, so in-between archs, the big ones
     near the budget in particular, look worse inherited than they fine-tune; one of the k brief
-    fine-tunes always goes to the arch that spends the budget.
+    fine-tunes always goes to the arch that spends the budget (with a margin, so that it still
+    measures within it).
     """
     by_top1 = sorted(front, key=lambda c: (-c.top1, c.predicted_ms))
     by_top1 += sorted((c for c in evaluated if c not in front), key=lambda c: (-c.top1, c.predicted_ms))
-    fullest = max(evaluated, key=lambda c: (c.predicted_ms, c.top1))
+    inside = [c for c in evaluated if c.predicted_ms <= FULLEST_MARGIN * budget_ms] or evaluated
+    fullest = max(inside, key=lambda c: (c.predicted_ms, c.top1))
     if k > 1 and fullest in by_top1[k - 1:]:
         by_top1.remove(fullest)
         by_top1.insert(k - 1, fullest)
@@ -172,7 +177,7 @@ def choose(front: list[Candidate], measure_ms: Callable[[Arch], float], budget_m
     """
     tried: list[dict] = []
     within: list[tuple[Candidate, float, dict]] = []
-    for cand in shortlist(front, evaluated or front, top_k):
+    for cand in shortlist(front, evaluated or front, top_k, budget_ms):
         measured = measure_ms(cand.arch)
         row = {**cand.to_dict(), "measured_ms": measured, "within_budget": measured <= budget_ms}
         tried.append(row)
