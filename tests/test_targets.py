@@ -123,3 +123,24 @@ def test_tensorrt_runner_matches_onnxruntime(tiny_onnx):
     with make_runner(path, cpu_target(), input_size=16) as ort_runner:
         ref = ort_runner.infer({"image": images})["logits"]
     assert np.abs(out - ref).max() < 1e-2
+
+
+def test_targets_list_measures_the_space_on_each_target(tiny_project):
+    import subprocess
+    import sys
+
+    from conftest import set_params
+
+    set_params(tiny_project, targets_dir="targets", latency__warmup=2, latency__runs=5)
+    (tiny_project / "targets").mkdir()
+    spec = "runtime: onnxruntime\ndevice: cpu\nprecision: fp32\nthreads: 1\nbatch_size: 1\nlatency_budget_ms: {}\n"
+    (tiny_project / "targets" / "roomy.yaml").write_text(spec.format(100))
+    (tiny_project / "targets" / "gpu.yaml").write_text(spec.format(1).replace("onnxruntime", "tensorrt")
+                                                       .replace("device: cpu", "device: cuda"))
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(tiny_project), "targets", "list"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    fastest, largest = (float(v) for v in rows["roomy"].split()[6:8])
+    assert 0 < fastest < largest < 100
+    assert "no: largest within budget" in rows["roomy"]  # a 100 ms budget does not bind the tiny space
+    assert rows["gpu"].split()[6:8] == ["-", "-"] and rows["gpu"].rstrip().endswith(")")  # not measurable here
