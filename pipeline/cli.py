@@ -209,7 +209,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def _budget_override(args: argparse.Namespace) -> dict | None:
     budget = getattr(args, "time_budget_s", None)
-    return {"time_budget_s": budget} if budget else None
+    return {"time_budget_s": budget} if budget is not None else None
 
 
 def _run_chain(args: argparse.Namespace) -> int:
@@ -223,14 +223,17 @@ def _run_chain(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     args.resume = False
     params = load_params(args.root)
-    budget = ChainBudget(parse_duration(args.time_budget), params["budget"]["shares"]) if args.time_budget else None
+    total_s = parse_duration(str(args.time_budget)) if args.time_budget else None
     t = args.target
     chain = [("dataset", cmd_stage_dataset, None), ("pretrain", cmd_stage_pretrain, "pretrain"),
              ("supernet", cmd_stage_supernet, "supernet"), (f"search {t}", cmd_stage_search, "search"),
              (f"finetune {t}", cmd_stage_finetune, "finetune"), (f"package {t}", cmd_stage_package, None)]
+    budget = None
     for name, step, share in chain:
+        if total_s is not None and budget is None and share:  # the clock starts after the dataset stage
+            budget = ChainBudget(total_s, params["budget"]["shares"])
         args.time_budget_s = budget.for_stage(share) if budget and share else None
-        note = f" (time budget {args.time_budget_s:.0f} s)" if args.time_budget_s else ""
+        note = f" (time budget {args.time_budget_s:.0f} s)" if args.time_budget_s is not None else ""
         print(f"== {name}{note}", flush=True)
         t0 = time.perf_counter()
         rc = step(args)

@@ -119,7 +119,8 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
-                    config: dict[str, Any], history: list[float], total: int, ema: nn.Module | None = None) -> None:
+                    config: dict[str, Any], history: list[float], total: int | None,
+                    ema: nn.Module | None = None) -> None:
     """Atomic (write, then rename): a kill mid-write leaves the previous checkpoint whole."""
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "total": total,
@@ -168,7 +169,7 @@ def train(
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
     total = total_steps(n_samples, cfg)
-    fitted = cfg.max_steps is not None or not cfg.time_budget_s  # the step count is known up front
+    fitted = cfg.max_steps is not None or cfg.time_budget_s is None  # the step count is known up front
     start, history = 0, []
     if resume and checkpoint is not None and checkpoint.exists():
         state = load_checkpoint(checkpoint)
@@ -178,8 +179,11 @@ def train(
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         start, history = state["step"], list(state["history"])
-        total, fitted = state.get("total", total), True  # a resumed run keeps the step count it fixed
+        if not fitted and state.get("total") is not None:  # a time-budgeted run keeps the count it had fitted
+            total, fitted = state["total"], True
         log.info("resumed %s from step %d of %d", checkpoint, start, total)
+    if not fitted and cfg.time_budget_s <= 0:  # nothing left to fit: the minimum, without probing
+        total, fitted = start + cfg.min_steps, True
     if not fitted:  # provisional, until the probe steps are timed
         total = max(total, cfg.min_steps, start + 1 + PROBE_STEPS)
     ckpt_config = {"train": asdict(cfg), **(config or {})}
@@ -236,7 +240,8 @@ def train(
                 total = int(t)
             bar.total = total
         if checkpoint is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == total):
-            save_checkpoint(checkpoint, model, opt, step, ckpt_config, history, total, ema)
+            known = not timed or step >= start + 1 + PROBE_STEPS  # not the provisional count before the first fit
+            save_checkpoint(checkpoint, model, opt, step, ckpt_config, history, total if known else None, ema)
     bar.close()
     elapsed = time.perf_counter() - t0
     if timed:

@@ -81,3 +81,34 @@ def test_a_resumed_run_keeps_the_step_count_it_fixed(tmp_path):
     resumed = _slow_loop(_cfg(time_budget_s=0.5, min_steps=5, checkpoint_every=10), tmp_path, step_s=0.03,
                          resume=True)
     assert resumed.steps == full.steps  # the same total, although each step is now 3x slower
+
+
+def test_a_spent_budget_gives_min_steps_not_the_epochs(tmp_path):
+    res = _slow_loop(_cfg(time_budget_s=0.0, min_steps=3, epochs=50), tmp_path, step_s=0.0)
+    assert res.steps == 3  # a budget of 0 s is a budget, not "no budget" (50 epochs would be 400 steps)
+
+
+def test_the_chain_clock_starts_after_the_dataset_stage(monkeypatch, tmp_path):
+    import argparse
+
+    from pipeline import cli
+
+    seen = {}
+
+    def fake(name):
+        def step(args):
+            if name == "dataset":
+                time.sleep(0.3)  # the dataset stage is outside the budget
+            seen[name] = args.time_budget_s
+            return 0
+        return step
+
+    for name in ("dataset", "pretrain", "supernet", "search", "finetune", "package"):
+        monkeypatch.setattr(cli, f"cmd_stage_{name}", fake(name))
+    monkeypatch.setattr(cli, "_print_summary", lambda root, target: None)
+    monkeypatch.setattr(cli, "load_params", lambda root: {"budget": {"shares": {
+        "pretrain": 1.0, "supernet": 1.0, "search": 1.0, "finetune": 1.0}}})
+    args = argparse.Namespace(root=tmp_path, target="t", time_budget=2)  # a bare number, as YAML gives it
+    assert cli._run_chain(args) == 0
+    assert seen["dataset"] is None and seen["package"] is None
+    assert seen["pretrain"] == pytest.approx(0.5, abs=0.05)
