@@ -66,12 +66,12 @@ def test_the_pick_is_made_on_fine_tuned_accuracy_not_the_inherited_one():
     finetuned = {1: 0.95, 2: 0.90, 3: 0.85, 4: 0.80}  # the inherited ranking is exactly backwards
     calls = []
 
-    def finetune_top1(arch: Arch) -> float:
-        calls.append(arch.depth)
+    def finetune_top1(arch: Arch, n: int) -> float:
+        calls.append((arch.depth, n))
         return finetuned[arch.depth]
 
     choice = choose(front, measured.__getitem__, budget_ms=3.5, top_k=2, finetune_top1=finetune_top1)
-    assert sorted(calls) == [2, 3]  # depth 4 is over budget; only the top 2 within budget are fine-tuned
+    assert calls == [(3, 2), (2, 2)]  # depth 4 is over budget; the top 2 within, the most expensive first
     assert choice.candidate.arch.depth == 2 and choice.measured_ms == 2.0
     assert [r.get("finetuned_top1") for r in choice.tried] == [None, 0.85, 0.90]
     assert choice.tau is None  # two archs rank nothing

@@ -168,12 +168,12 @@ def shortlist(front: list[Candidate], evaluated: list[Candidate], k: int, budget
 
 
 def choose(front: list[Candidate], measure_ms: Callable[[Arch], float], budget_ms: float, *, top_k: int = 1,
-           finetune_top1: Callable[[Arch], float] | None = None, evaluated: list[Candidate] | None = None
+           finetune_top1: Callable[[Arch, int], float] | None = None, evaluated: list[Candidate] | None = None
            ) -> Choice:
     """Measure the shortlisted archs until ``top_k`` meet the budget; pick among those.
 
-    With ``finetune_top1`` (a brief fine-tune, scored on val) the pick is the best fine-tuned arch
-    (ties: the faster); without it, the most accurate inherited one.
+    With ``finetune_top1(arch, n)`` (a brief fine-tune, scored on val; ``n`` archs will be fine-tuned)
+    the pick is the best fine-tuned arch (ties: the faster); without it, the most accurate inherited one.
     """
     tried: list[dict] = []
     within: list[tuple[Candidate, float, dict]] = []
@@ -194,7 +194,7 @@ def choose(front: list[Candidate], measure_ms: Callable[[Arch], float], budget_m
         return Choice(cand, measured, tried, None)
     # the most expensive first: under a time budget its step count becomes everyone's (pipeline.stages.search)
     for cand, _, row in sorted(within, key=lambda w: -w[0].predicted_ms):
-        row["finetuned_top1"] = finetune_top1(cand.arch)
+        row["finetuned_top1"] = finetune_top1(cand.arch, len(within))
         log.info("%s: inherited %.4f, fine-tuned %.4f", cand.arch.short(), cand.top1, row["finetuned_top1"])
     cand, measured, _ = max(within, key=lambda w: (w[2]["finetuned_top1"], -w[1]))
     tau = kendall_tau([w[0].top1 for w in within], [w[2]["finetuned_top1"] for w in within])

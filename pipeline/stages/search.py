@@ -100,17 +100,17 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
     k = sp["rerank_top_k"]
     rerank_steps: list[int] = [] if time_budget_s is not None else [sp["rerank_steps"]]
 
-    def finetune_top1(arch: Arch) -> float:
+    def finetune_top1(arch: Arch, n: int) -> float:
         """A brief fine-tune; every candidate gets the same step count, so a fast arch cannot win on steps.
 
-        Under a time budget the first (most expensive) candidate gets 1/k of the time left, and the
-        steps it took are everyone's: the cheaper ones then need less than their share.
+        Under a time budget the first (most expensive) of the ``n`` candidates gets 1/n of the time left,
+        and the steps it took are everyone's: the cheaper ones then need less than their share.
         """
         if rerank_steps:
             overrides: dict[str, Any] = {"max_steps": rerank_steps[0]}
         else:
             left = time_budget_s - (time.perf_counter() - started)
-            overrides = {"time_budget_s": max(left, 0.0) / k}
+            overrides = {"time_budget_s": max(left, 0.0) / n}
         with tempfile.TemporaryDirectory(prefix="vitforge-rerank-") as tmp:
             res = finetune(Path(dataset["tracked_dir"]), Path(tmp), params, Path(supernet_weights), arch,
                            overrides=overrides)
