@@ -97,7 +97,7 @@ def total_steps(n: int, cfg: TrainConfig) -> int:
     return cfg.epochs * max(1, n // cfg.batch_size)
 
 
-PROBE_STEPS = 4  # steps timed (after the first) before a time budget fixes the step count
+PROBE_STEPS = 4  # under a time budget the step count is (re-)fitted every this many steps, after the first
 
 
 def steps_for_budget(budget_s: float, spent_s: float, done: int, per_step_s: float, min_steps: int) -> int:

@@ -73,29 +73,29 @@ def reference_subnet(net: Supernet, arch: Arch) -> VisionTransformer:
     return sub
 
 
+def spread_archs(space: SearchSpace, n: int, seed: int) -> list[Arch]:
+    """The largest, the smallest and random archs of the space: ``n`` distinct ones, sorted."""
+    rng = random.Random(seed)
+    archs = {space.largest(), space.smallest()}
+    while len(archs) < n:
+        archs.add(space.sample(rng))
+    return sorted(archs)
+
+
 def test_subnets_match_slices_computed_independently(trained_supernet):
     space = trained_supernet.space
-    rng = random.Random(1)
-    archs = {space.largest(), space.smallest()}
-    while len(archs) < 10:
-        archs.add(space.sample(rng))
-    for arch in sorted(archs):
-        got = extract_subnet(trained_supernet, arch).state_dict()
-        want = reference_subnet(trained_supernet, arch).state_dict()
+    for arch in spread_archs(space, 10, seed=1):
+        sub = extract_subnet(trained_supernet, arch)
+        got, want = sub.state_dict(), reference_subnet(trained_supernet, arch).state_dict()
         assert got.keys() == want.keys()
         for name in want:
             assert torch.allclose(got[name], want[name], atol=1e-6), (arch, name)
-        assert extract_subnet(trained_supernet, arch).blocks[0].attn.num_heads == arch.embed_dim // space.head_dim
+        assert sub.blocks[0].attn.num_heads == arch.embed_dim // space.head_dim
 
 
 def test_extracted_subnets_equal_the_supernet(trained_supernet):
-    space = trained_supernet.space
-    rng = random.Random(0)
-    archs = {space.largest(), space.smallest()}
-    while len(archs) < 12:
-        archs.add(space.sample(rng))
     x = torch.randn(3, 3, 32, 32)
-    for arch in sorted(archs):
+    for arch in spread_archs(trained_supernet.space, 12, seed=0):
         sub = extract_subnet(trained_supernet, arch)
         assert type(sub) is VisionTransformer
         assert len(sub.blocks) == arch.depth and sub.embed_dim == arch.embed_dim
