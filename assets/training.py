@@ -39,6 +39,7 @@ def pretrained_backbone(context: AssetExecutionContext, config: PretrainConfig, 
         "final_loss": res.final_loss, "steps": res.steps, "images_per_s": res.images_per_s,
         "weights": MetadataValue.path(res.weights), "dataset_version": res.dataset_version,
         "loss_curve": artifact(res.loss_curve_uri), "reconstructions": artifact(res.reconstructions_uri),
+        "space": MetadataValue.json(res.space), "space_fit": MetadataValue.json(res.space_fit),
         **mlflow_run(tracker, res.mlflow_run_id),
     })
 

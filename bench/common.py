@@ -35,7 +35,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def manifest_copy(data: Path | None, dest: Path, image_size: int = 32) -> Path:
+def manifest_copy(data: Path | None, dest: Path, image_size: int = 8) -> Path:
     """A dataset folder with its manifest (the digits when ``data`` is None), without DVC."""
     if dest.exists():
         shutil.rmtree(dest)

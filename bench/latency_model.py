@@ -12,6 +12,7 @@ import pipeline  # noqa: F401
 from pipeline.models.supernet import Arch, SearchSpace
 from pipeline.nas.latency_model import fit_latency_model
 from pipeline.params import load_params, project_root, resolve
+from pipeline.nas.space_fit import resolve_space
 from pipeline.targets import list_targets, load_target
 
 
@@ -25,7 +26,9 @@ def main() -> None:
     lp = params["latency"]
     path = list_targets(resolve(params["targets_dir"], project_root()))[args.target]
     target = load_target(path)
-    space = SearchSpace.from_params(params["space"], num_classes=10)
+    # an `auto` space is fitted to the project's current dataset version, as the pretrain stage does
+    fitted = resolve_space(params, project_root(), resolve(params["dataset"]["tracked_dir"], project_root()))
+    space = SearchSpace.from_params(fitted.space, num_classes=10)
     t0 = time.perf_counter()
     model = fit_latency_model(space, target, path, n_fit=args.fit or lp["n_fit"],
                               n_holdout=args.holdout or lp["n_holdout"], warmup=lp["warmup"], runs=lp["runs"],

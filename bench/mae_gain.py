@@ -17,6 +17,7 @@ from common import bench_root, manifest_copy
 
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import SearchSpace, Supernet
+from pipeline.nas.space_fit import resolve_space
 from pipeline.ssl.train import pretrain
 from pipeline.weights import load_weights, save_weights
 
@@ -55,6 +56,7 @@ def main() -> None:
         from pipeline.data import load_manifest
 
         classes = load_manifest(data).classes
+        params = {**params, "space": resolve_space(params, root, data).space}  # `auto`: fitted to the data
         space = SearchSpace.from_params(params["space"], num_classes=len(classes))
         largest = space.largest()
 

@@ -64,6 +64,12 @@ def cmd_stage_pretrain(args: argparse.Namespace) -> int:
     params = load_params(args.root)
     res = run_pretrain(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params),
                        resume=args.resume, overrides=_budget_override(args))
+    fit = res.space_fit
+    if fit["target"]:
+        print(f"space fitted to {fit['target']} ({fit['budget_ms']:g} ms) and the images' native {fit['native_size']} "
+              f"px: patch_size {res.space['patch_size']}, img_sizes {res.space['img_sizes']}; fastest subnet "
+              f"{fit['fastest_ms']:.3f} ms, largest {fit['largest_ms']:.3f} ms" + ("" if fit["fits"] else
+                                                                                  f" (not fitted: {fit['why']})"))
     print(f"MAE pre-training: {res.steps} steps, final loss {res.final_loss:.4f}, {res.images_per_s:.0f} images/s")
     print(f"weights {res.weights}  (MLflow run {res.mlflow_run_id})")
     return 0
@@ -171,11 +177,18 @@ def cmd_targets_list(args: argparse.Namespace) -> int:
 
     from pipeline.models.supernet import SearchSpace
     from pipeline.nas.latency_model import measure_arch
+    from pipeline.nas.space_fit import concrete, needs_fit, resolve_space
     from pipeline.params import resolve
     from pipeline.targets import TargetError, list_targets, load_target
 
     params = load_params(args.root)
-    space = SearchSpace.from_params(params["space"], num_classes=2)
+    if needs_fit(params["space"]):
+        # fitted to the images of the current dataset version (no version: "run the dataset stage first")
+        fit = resolve_space(params, args.root, resolve(params["dataset"]["tracked_dir"], args.root))
+        print(f"space fitted to {fit.target} ({fit.budget_ms:g} ms) and the images' native {fit.native_size} px: "
+              f"patch_size {fit.space['patch_size']}, img_sizes {fit.space['img_sizes']}")
+        params = {**params, "space": fit.space}
+    space = SearchSpace.from_params(concrete(params["space"]), num_classes=2)
     lp, mean, std = params["latency"], params["model"]["mean"], params["model"]["std"]
     header = f"{'target':<16} {'runtime':<12} {'device':<12} {'precision':<9} {'batch':>5} {'budget_ms':>9}"
     print(header + f"  {'fastest_ms':>10} {'largest_ms':>10}  space fits  measurable here")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from pipeline.params import load_params
+from pipeline.nas.space_fit import resolve_space
+from pipeline.params import load_params, project_root
 from pipeline.ssl.train import pretrain
 
 
@@ -32,6 +33,12 @@ def main() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("gloo")
     params = load_params(args.root)
+    # Rank 0 fits an `auto` space (it measures latency) and every rank trains that one space.
+    fitted = [resolve_space(params, args.root or project_root(), args.data).space
+              if not dist.is_initialized() or dist.get_rank() == 0 else None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(fitted, src=0)
+    params = {**params, "space": fitted[0]}
     res = pretrain(args.data, args.out, params, resume=args.resume, overrides={"max_steps": args.max_steps})
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(f"steps {res.train.steps} loss {res.train.history[-1]:.4f} weights {res.weights}")

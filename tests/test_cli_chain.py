@@ -8,10 +8,15 @@ import sys
 
 from conftest import set_params
 
+from pipeline.weights import load_weights
+
 
 def test_run_splits_its_time_budget_and_ends_registered(tiny_project, digits_dir):
     set_params(tiny_project, latency__max_mape=1.0, targets_dir="targets", pretrain__min_steps=3,
-               supernet__min_steps=3, finetune__min_steps=3, search__rerank_top_k=2)
+               supernet__min_steps=3, finetune__min_steps=3, search__rerank_top_k=2,
+               # fitted to the 16 px images and the 50 ms budget: 8 px patches would leave a 2x2 grid
+               space__patch_size="auto", space__img_sizes="auto", space__patch_choices=[4, 8],
+               space__n_img_sizes=2, space__max_upscale=1.0, latency__n_fit=5, latency__n_holdout=3)
     (tiny_project / "targets").mkdir()
     (tiny_project / "targets" / "box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\n"
                                                        "threads: 1\nbatch_size: 1\nlatency_budget_ms: 50\n")
@@ -29,5 +34,12 @@ def test_run_splits_its_time_budget_and_ends_registered(tiny_project, digits_dir
     search = json.loads((tiny_project / "runs" / "search" / "box.json").read_text())
     assert search["finetuned_val_top1"] is not None  # the pick was made on brief fine-tunes
     assert sum("finetuned_top1" in r for r in search["tried"]) == 2
+    # the pretrain stage fitted the space; every later stage trained and searched that one
+    fitted = {"patch_size": 4, "img_sizes": [16]}  # the fastest subnet fits a quarter of 50 ms at 16 px
+    assert "space fitted to box (50 ms) and the images' native 16 px: patch_size 4, img_sizes [16]" in out
+    for weights in ("pretrain/backbone.safetensors", "supernet/supernet.safetensors"):
+        space = load_weights(tiny_project / "runs" / weights)[1]["space"]
+        assert {k: space[k] for k in fitted} == fitted and "patch_choices" not in space
+    assert search["arch"]["img_size"] == 16
     finetune = json.loads((tiny_project / "runs" / "finetune" / "box" / "result.json").read_text())
     assert finetune["steps"] >= 3 and finetune["test_top1"] > 0.2  # 10 classes: well above chance

@@ -70,6 +70,10 @@ class SearchSpace:
 
     @classmethod
     def from_params(cls, p: dict[str, Any], num_classes: int = 0) -> SearchSpace:
+        for key in ("patch_size", "img_sizes"):
+            if p.get(key) == "auto":
+                raise ValueError(f"params.yaml space.{key} is 'auto': it is fitted by the pretrain stage "
+                                 "(pipeline/nas/space_fit.py) and read from its weights by later stages")
         space = cls(
             patch_size=int(p["patch_size"]),
             img_sizes=tuple(sorted(int(v) for v in p["img_sizes"])),

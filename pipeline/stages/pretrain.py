@@ -10,9 +10,10 @@ import torch
 
 from pipeline import plots
 from pipeline.params import resolve
+from pipeline.nas.space_fit import resolve_space
 from pipeline.ssl.train import pretrain
 from pipeline.stages.common import provenance
-from pipeline.tracking import Tracker, log_figure, log_file, log_history
+from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
 
 
 @dataclass
@@ -25,6 +26,8 @@ class PretrainStageResult:
     mlflow_run_id: str
     loss_curve_uri: str
     reconstructions_uri: str
+    space: dict[str, Any]  # the concrete search space (fitted when params.yaml says auto)
+    space_fit: dict[str, Any]  # how it was fitted: target, budget, native size, every measurement
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +60,12 @@ def run_pretrain(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
     with tracker.run("pretrain", {"dataset_version": dataset["version"], **(tags or {})}) as run:
         import mlflow
 
+        fit = resolve_space(params, root, Path(dataset["tracked_dir"]))
+        params = {**params, "space": fit.space}
         mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"} | {"arch": params["space"]})
+        log_json(fit.to_dict(), "space_fit.json")
+        if fit.fastest_ms is not None:
+            mlflow.log_metrics({"space.fastest_ms": fit.fastest_ms, "space.largest_ms": fit.largest_ms})
         res = pretrain(Path(dataset["tracked_dir"]), out_dir, params, resume=resume,
                        meta=provenance(dataset, tags), overrides=overrides)
         log_history(res.train.history)
@@ -70,4 +78,4 @@ def run_pretrain(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
         log_file(res.weights, "checkpoint")
         run_id = run.info.run_id
     return PretrainStageResult(str(res.weights), dataset["version"], res.train.steps, res.train.history[-1],
-                               res.train.images_per_s, run_id, curve_uri, recon_uri)
+                               res.train.images_per_s, run_id, curve_uri, recon_uri, fit.space, fit.to_dict())

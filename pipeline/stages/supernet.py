@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import plots
+from pipeline.nas.space_fit import resolve_space
 from pipeline.nas.supernet_train import train_supernet
 from pipeline.params import resolve
 from pipeline.stages.common import provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
+from pipeline.weights import load_weights
 
 
 @dataclass
@@ -36,7 +38,10 @@ def run_supernet(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
     with tracker.run("supernet", {"dataset_version": dataset["version"], **(tags or {})}) as run:
         import mlflow
 
-        mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"} | {"backbone": backbone or "random init"})
+        upstream = load_weights(Path(backbone))[1].get("space") if backbone else None
+        params = {**params, "space": resolve_space(params, root, Path(dataset["tracked_dir"]), upstream).space}
+        mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"} | {"backbone": backbone or "random init",
+                                                                          "space": params["space"]})
         res = train_supernet(Path(dataset["tracked_dir"]), out_dir, params,
                              backbone=Path(backbone) if backbone else None, resume=resume,
                              meta=provenance(dataset, tags), overrides=overrides)
