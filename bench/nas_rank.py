@@ -46,7 +46,8 @@ def main() -> None:
         inherited = evaluate(net, arch, x_val, y_val)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            res = finetune(data, Path(tmp), params, weights, arch, overrides={"max_steps": args.steps})
+            res = finetune(data, Path(tmp), params, weights, arch, overrides={"max_steps": args.steps},
+                           train_on_val=False)
         rows.append((arch, inherited, res.val.top1, time.perf_counter() - t0))
         print(f"{arch.short():<24} {arch_flops(arch, space) / 1e6:>8.2f} MFLOPs  inherited {inherited:.4f}  "
               f"fine-tuned {res.val.top1:.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)

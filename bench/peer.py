@@ -5,8 +5,8 @@ The protocol:
 2. MobileNetV3-Small (torchvision, random init) trains on the train split for ``--budget`` seconds
    (the shared loop, cosine schedule, RandAugment and label smoothing as ours), is exported the same
    way (uint8 NHWC in, normalization in the graph) and timed with ONNX Runtime on ``--base-target``.
-3. Its p50 becomes the latency budget of a target written into the root (``peer.yaml``, else a copy
-   of the base target).
+3. Its p50 becomes the latency budget of the one target in the root's target folder (``peer.yaml``,
+   else a copy of the base target), so an ``auto`` space is fitted to that budget.
 4. Our whole chain runs for that target with the same ``--budget`` as its time budget (MAE +
    supernet + search + fine-tune share it; the dataset and package stages are outside, as the
    CNN's export and timing are).
@@ -17,8 +17,7 @@ It prints top-1 and p50/p99 for both and writes ``peer.png`` (the search's front
 
     python bench/peer.py --root /tmp/peer-digits --budget 240
     python bench/peer.py --root /tmp/peer-hym --data ../shared/datasets/hymenoptera/train \\
-        --test-data ../shared/datasets/hymenoptera/val --budget 420 --cnn-size 128 \\
-        --set space.patch_size=16 --set "space.img_sizes=[64,96,128]"
+        --test-data ../shared/datasets/hymenoptera/val --budget 420 --cnn-size 128 --set space.stem=conv
 """
 
 from __future__ import annotations
@@ -92,13 +91,6 @@ def top1(onnx_path: Path, target, images: np.ndarray, labels: np.ndarray, size: 
     return float((run_engine(onnx_path, target, images, size).argmax(-1) == labels).mean())
 
 
-def copy_targets(root: Path) -> Path:
-    (root / "targets").mkdir(parents=True, exist_ok=True)
-    for f in (PACKAGE_ROOT / "infra" / "targets").glob("*.yaml"):
-        (root / "targets" / f.name).write_text(f.read_text())
-    return root / "targets"
-
-
 def write_peer_target(targets: Path, base: Path, budget_ms: float) -> None:
     spec = yaml.safe_load(base.read_text())
     spec["latency_budget_ms"] = round(budget_ms, 4)
@@ -133,11 +125,13 @@ def main() -> None:
     root = args.root.resolve()
     data = args.data if args.data.startswith("builtin:") else str(Path(args.data).resolve())
     params = bench_root(root, {"dataset.data": data, "targets_dir": "targets"} | parse_sets(args.set))
-    targets = copy_targets(root)
+    targets = root / "targets"  # the peer target alone: an `auto` space is fitted to the tightest target
+    targets.mkdir(parents=True, exist_ok=True)
     vitforge = [sys.executable, "-m", "pipeline.cli", "--root", str(root)]
     subprocess.run(vitforge + ["stage", "dataset"], check=True)
     tracked = resolve(params["dataset"]["tracked_dir"], root)
-    base = load_target(targets / f"{args.base_target}.yaml")
+    base_file = PACKAGE_ROOT / "infra" / "targets" / f"{args.base_target}.yaml"
+    base = load_target(base_file)
     p = params["export"]
 
     # 1-2. the CNN, trained for the budget, exported and timed
@@ -149,7 +143,7 @@ def main() -> None:
     cnn_top1 = top1(cnn_onnx, base, x, y, args.cnn_size)
 
     # 3-4. our chain, for a target whose budget is the CNN's p50, with the same time budget
-    write_peer_target(targets, targets / f"{args.base_target}.yaml", budget_ms)
+    write_peer_target(targets, base_file, budget_ms)
     t0 = time.perf_counter()
     extra = ["--unlabeled", str(args.unlabeled.resolve())] if args.unlabeled else []
     rc = subprocess.run(vitforge + ["run", "--data", data, "--target", PEER_TARGET, "--time-budget", f"{args.budget}s",

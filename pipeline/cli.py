@@ -112,6 +112,10 @@ def cmd_stage_search(args: argparse.Namespace) -> int:
         tau = "n/a" if res.kendall_tau is None else f"{res.kendall_tau:.2f}"
         print(f"         briefly fine-tuned val top-1 {res.finetuned_val_top1:.4f} ({res.rerank_steps} steps each); "
               f"Kendall tau inherited vs fine-tuned {tau} over {sum('finetuned_top1' in r for r in res.tried)} archs")
+        if res.separated is False:
+            print(f"         note: {res.val_images} val images do not separate the pick from the runner-up "
+                  f"(gap {res.runner_up_gap:+.4f}, under two standard errors); a larger val split "
+                  "(dataset.val_fraction) with finetune.train_on_val: true keeps the shipped model's training data")
     print(f"largest  {res.largest_arch}  val top-1 {res.largest_val_top1:.4f}  p50 {res.largest_p50_ms:.3f} ms")
     print(f"speedup  {res.largest_p50_ms / res.measured_p50_ms:.1f}x; {res.evaluated} archs evaluated; "
           f"MLflow run {res.mlflow_run_id}")

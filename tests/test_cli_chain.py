@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
+import pytest
 from conftest import set_params
 
 from pipeline.weights import load_weights
@@ -34,6 +36,13 @@ def test_run_splits_its_time_budget_and_ends_registered(tiny_project, digits_dir
     search = json.loads((tiny_project / "runs" / "search" / "box.json").read_text())
     assert search["finetuned_val_top1"] is not None  # the pick was made on brief fine-tunes
     assert sum("finetuned_top1" in r for r in search["tried"]) == 2
+    # whether the val split told the two apart: the gap against two standard errors of the difference
+    other = next(r["finetuned_top1"] for r in search["tried"] if "finetuned_top1" in r and r["arch"] != search["arch"])
+    assert search["runner_up_gap"] == pytest.approx(search["finetuned_val_top1"] - other)
+    n = search["val_images"]
+    se = math.hypot(*(math.sqrt(p * (1 - p) / n) for p in (search["finetuned_val_top1"], other)))
+    assert search["separated"] == (search["runner_up_gap"] > 2 * se)
+    assert ("do not separate the pick" in out) == (not search["separated"])
     # the pretrain stage fitted the space; every later stage trained and searched that one
     fitted = {"patch_size": 4, "img_sizes": [16]}  # the fastest subnet fits a quarter of 50 ms at 16 px
     assert "space fitted to box (50 ms) and the images' native 16 px: patch_size 4, img_sizes [16]" in out

@@ -191,3 +191,24 @@ def test_tensorrt_int8_package_wires_calibration_and_engine_cache(shipped, monke
         assert kwargs["engine_cache"].name == "engine.plan"
     assert pkg.optimizer.startswith("TensorRT int8")
     assert not any(n.op_type == "QuantizeLinear" for n in onnx.load(pkg.onnx).graph.node)  # TensorRT quantizes
+
+
+def test_train_on_val_trains_on_both_splits_and_claims_no_val_estimate(shipped, tmp_path):
+    root, data, ft = shipped
+    params = load_params(root)
+    from pipeline.data import load_manifest
+    from pipeline.weights import load_weights
+
+    manifest = load_manifest(data)
+    n_train, n_val = len(manifest.split("train")), len(manifest.split("val"))
+    batch = params["finetune"]["batch_size"]
+    arch = ft.arch
+    runs = {}
+    for on_val in (False, True):
+        runs[on_val] = finetune(data, tmp_path / str(on_val), params, root / "sn" / "supernet.safetensors", arch,
+                                overrides={"epochs": 1}, train_on_val=on_val)
+    assert runs[False].train.steps == n_train // batch
+    assert runs[True].train.steps == (n_train + n_val) // batch > n_train // batch  # one epoch over both
+    assert runs[False].val is not None and runs[True].val is None
+    assert runs[True].test.n == runs[False].test.n  # test is never trained on
+    assert load_weights(runs[True].weights)[1]["train_splits"] == ["train", "val"]

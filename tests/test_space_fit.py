@@ -75,6 +75,8 @@ def test_ladder_is_even_and_on_the_patch_grid():
     assert ladder(8, 16, 3, 4) == [8, 12, 16]
     assert ladder(32, 128, 3, 16) == [32, 80, 128]
     assert ladder(16, 16, 3, 4) == [16]
+    assert ladder(12, 16, 3, 4) == [12, 16]  # only two multiples of 4 between them
+    assert ladder(8, 40, 1, 4) == [40]
 
 
 def test_a_space_without_a_native_size_or_target_says_what_to_do():

@@ -11,6 +11,7 @@ are what ships.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ class FinetuneResult:
     weights: Path
     checkpoint: Path
     train: TrainResult
-    val: Evaluation  # what choices are made on (the search's brief fine-tunes)
+    val: Evaluation | None  # what choices are made on (the search's brief fine-tunes); None: trained on val
     test: Evaluation  # reported, never chosen on
     classes: list[str]
     arch: Arch
@@ -81,8 +82,17 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def finetune(data_dir: Path, out_dir: Path, params: dict[str, Any], supernet_weights: Path, arch: Arch, *,
              resume: bool = False, meta: dict[str, Any] | None = None,
-             overrides: dict[str, Any] | None = None) -> FinetuneResult:
+             overrides: dict[str, Any] | None = None,
+             teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             teacher_weight: float = 0.5, train_on_val: bool | None = None) -> FinetuneResult:
+    """``train_on_val`` (default ``finetune.train_on_val``): train on the train and val splits. The arch
+    was chosen on val before; the model that ships then learns from every labelled image but the test
+    split, and has no val estimate (``val`` is None). The search's brief fine-tunes pass False.
+
+    ``teacher`` (batch -> logits; bench/distill.py) adds DeiT's soft distillation: the loss becomes
+    ``(1 - w) * loss + w * KL(student || teacher)`` on the same augmented batch."""
     p = params["finetune"]
+    train_on_val = p["train_on_val"] if train_on_val is None else train_on_val
     cfg = TrainConfig.from_params(p, params["seed"], overrides)
     seed_everything(cfg.seed, cfg.threads)
     net, sn_meta = load_supernet(supernet_weights)
@@ -93,25 +103,35 @@ def finetune(data_dir: Path, out_dir: Path, params: dict[str, Any], supernet_wei
     model = extract_subnet(net, arch, drop_path_rate=recipe.drop_path).train()
     mean, std = params["model"]["mean"], params["model"]["std"]
     images, y = load_split(data_dir, "train", arch.img_size)
+    if train_on_val:
+        val_images, val_y = load_split(data_dir, "val", arch.img_size)
+        images, y = torch.cat([images, val_images]), torch.cat([y, val_y])
     augment = BatchAugment(recipe, len(manifest.classes), mean, std, cfg.seed)
 
     def step_loss(m: torch.nn.Module, idx: torch.Tensor, step: int) -> torch.Tensor:
         xb, target = augment(images[idx], y[idx], step)
-        return augment.loss(m(xb), target)
+        out = m(xb)
+        if teacher is None:
+            return augment.loss(out, target)
+        with torch.no_grad():
+            soft = teacher(xb).softmax(-1)
+        kd = torch.nn.functional.kl_div(out.log_softmax(-1), soft, reduction="batchmean")
+        return (1 - teacher_weight) * augment.loss(out, target) + teacher_weight * kd
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint.pt"
     config = {"arch": arch.to_dict(), "space": sn_meta["space"], "classes": manifest.classes,
-              "mean": mean, "std": std, **(meta or {})}
+              "mean": mean, "std": std, "train_splits": ["train", "val"] if train_on_val else ["train"], **(meta or {})}
     result = train(model, step_loss, len(images), cfg, checkpoint=ckpt, resume=resume, config=config,
                    desc="finetune")
     if result.ema is not None:
         model = result.ema
 
-    val, test = (evaluate_split(model, data_dir, split, arch.img_size, mean, std, len(manifest.classes))
+    val, test = (None if split == "val" and train_on_val else
+                 evaluate_split(model, data_dir, split, arch.img_size, mean, std, len(manifest.classes))
                  for split in ("val", "test"))
-    log.info("fine-tuned %s: val top-1 %.4f (%d images), test top-1 %.4f (%d images)", arch.short(), val.top1, val.n,
-             test.top1, test.n)
+    log.info("fine-tuned %s on %s: val top-1 %s, test top-1 %.4f (%d images)", arch.short(), config["train_splits"],
+             "n/a (trained on)" if val is None else f"{val.top1:.4f} ({val.n} images)", test.top1, test.n)
     weights = save_weights(out_dir / "model.safetensors", model.state_dict(), {**config, "kind": "timm-vit"})
     return FinetuneResult(weights, ckpt, result, val, test, manifest.classes, arch)
 

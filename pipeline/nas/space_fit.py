@@ -85,11 +85,13 @@ def _settings(space: dict[str, Any]) -> tuple[list[int], int, float]:
 
 
 def ladder(lo: int, hi: int, n: int, patch: int) -> list[int]:
-    """``n`` sizes from ``lo`` to ``hi`` (both multiples of ``patch``), evenly spread, deduplicated."""
-    if n == 1 or lo == hi:
+    """At most ``n`` multiples of ``patch`` from ``lo`` to ``hi``, both ends included, evenly spread."""
+    grid = list(range(lo, hi + 1, patch))
+    if len(grid) <= n:
+        return grid
+    if n == 1:
         return [hi]
-    steps = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
-    return sorted({int(round(s / patch)) * patch for s in steps})
+    return sorted({grid[round(i * (len(grid) - 1) / (n - 1))] for i in range(n)})
 
 
 def _last_true(cands: list[int], ok: Callable[[int], bool]) -> int | None:

@@ -30,6 +30,10 @@ class SearchStageResult:
     val_images: int
     finetuned_val_top1: float | None  # after the brief fine-tune the pick was made on
     kendall_tau: float | None  # inherited vs briefly fine-tuned val top-1 over the fine-tuned archs
+    # the pick beat the runner-up's fine-tuned val top-1 by more than two standard errors of the difference
+    # (None: fewer than two were fine-tuned); False says the val split is too small to tell them apart
+    separated: bool | None
+    runner_up_gap: float | None  # pick minus runner-up, fine-tuned val top-1
     rerank_steps: int | None  # steps of each brief fine-tune (the same for every candidate)
     predicted_ms: float
     measured_p50_ms: float
@@ -113,7 +117,7 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
             overrides = {"time_budget_s": max(left, 0.0) / n}
         with tempfile.TemporaryDirectory(prefix="vitforge-rerank-") as tmp:
             res = finetune(Path(dataset["tracked_dir"]), Path(tmp), params, Path(supernet_weights), arch,
-                           overrides=overrides)
+                           overrides=overrides, train_on_val=False)
         if not rerank_steps:
             rerank_steps.append(res.train.steps)
         return res.val.top1
@@ -124,6 +128,13 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
     for row in tried:
         row["top1_se"] = standard_error(row["top1"], n_val)
     finetuned = next((r.get("finetuned_top1") for r in tried if r["arch"] == chosen.arch.to_dict()), None)
+    scores = sorted((r["finetuned_top1"] for r in tried if "finetuned_top1" in r), reverse=True)
+    gap = separated = None
+    if finetuned is not None and len(scores) > 1:
+        runner_up = scores[1] if finetuned == scores[0] else scores[0]
+        gap = finetuned - runner_up
+        se_diff = math.hypot(standard_error(finetuned, n_val), standard_error(runner_up, n_val))
+        separated = gap > 2 * se_diff
     largest = space.largest()
     largest_ms = latency.measured_ms(largest) or measure(largest)  # the fit set holds it, timed the same way
     largest_top1 = evaluate(net, largest, x_val, y_val)
@@ -141,6 +152,7 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
                             "val_top1_se": standard_error(chosen.top1, n_val), "val_images": n_val}
                            | ({"finetuned_val_top1": finetuned} if finetuned is not None else {})
                            | ({"kendall_tau": choice.tau} if choice.tau is not None else {})
+                           | ({"runner_up_gap": gap, "separated": float(separated)} if gap is not None else {})
                            | ({"rerank_steps": rerank_steps[0]} if finetuned is not None else {}))
         ev = [c.to_dict() for c in evaluated]
         fr = [c.to_dict() for c in front]
@@ -157,7 +169,7 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         run_id = run.info.run_id
     return SearchStageResult(
         target.name, chosen.arch.to_dict(), chosen.top1, standard_error(chosen.top1, n_val), n_val, finetuned,
-        choice.tau, rerank_steps[0] if finetuned is not None else None, chosen.predicted_ms, measured,
+        choice.tau, separated, gap, rerank_steps[0] if finetuned is not None else None, chosen.predicted_ms, measured,
         target.latency_budget_ms,
         latency.mape, latency.max_error, largest.to_dict(), largest_top1, largest_ms, len(evaluated), fr, tried,
         str(resolve(lp["out_dir"], root) / f"{target.name}.json"), supernet_weights, dataset["version"], run_id,
