@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,6 +22,7 @@ from pipeline.params import PACKAGE_ROOT, load_params
 from pipeline.registry.gates import champion_gate, parity_gate
 from pipeline.registry.mlflow_registry import alias, load_registered
 from pipeline.stages.package import run_package
+from pipeline.targets import load_target
 from pipeline.tracking import Tracker
 
 DATASET_VERSION = "tiny.dir"
@@ -69,9 +71,16 @@ def test_fp32_package_parity_tags_alias_and_load_back(shipped):
     assert par["engine_test_top1"] == pytest.approx(par["torch_test_top1"])
     folder = res.package["folder"]
     files = json.loads(open(f"{folder}/package.json").read())
-    assert set(files["files_sha256"]) >= {"model.onnx", "weights.safetensors", "label_map.json"}
+    assert set(files["files_sha256"]) >= {"model.onnx", "weights.safetensors", "label_map.json", "probe.npz"}
+    probe = np.load(f"{folder}/probe.npz")
+    assert probe["images"].dtype == np.uint8 and probe["images"].shape[1:] == (16, 16, 3)
+    assert probe["expected"].shape == (len(probe["images"]), 10)
+    ort_logits = package_mod.run_engine(Path(folder) / "model.onnx", load_target(
+        PACKAGE_ROOT / "infra" / "targets" / "cpu-ort-fp32.yaml"), probe["images"], 16)
+    assert np.abs(ort_logits - probe["expected"]).max() < 1e-4  # the engine reproduces the shipped logits
     assert json.loads(open(f"{folder}/label_map.json").read()) == {str(i): str(i) for i in range(10)}
-    assert files["input"] == {"name": "image", "dtype": "uint8", "layout": "NHWC", "shape": ["batch", 16, 16, 3]}
+    assert files["input"] == {"name": "image", "dtype": "uint8", "layout": "NHWC", "shape": ["batch", 16, 16, 3],
+                              "resize": "PIL bilinear, RGB, to size x size"}
 
     client = mlflow.MlflowClient()
     name = res.registered_model

@@ -1,7 +1,8 @@
 """Build the edge package for a target: export, optimize, quantize, parity, latency, manifest.
 
 The package folder is self-describing: ``model.onnx`` (uint8 NHWC in, logits out),
-``label_map.json`` (checked against the dataset's classes), ``weights.safetensors``
+``label_map.json`` (checked against the dataset's classes), ``weights.safetensors``,
+``probe.npz`` (test images with PyTorch's logits, which the edge agent checks on the device)
 and ``package.json`` with the target, the arch, the parity and latency reports
 (how each was measured) and the sha256 of every file. For TensorRT targets the
 ONNX is the artifact; the engine is built and cached on the device.
@@ -152,12 +153,17 @@ def build_package(weights: Path, data_dir: Path, out_dir: Path, target: Target, 
     (out_dir / "label_map.json").write_text(json.dumps({str(i): c for i, c in enumerate(classes)}, indent=1))
     (out_dir / "latency_report.json").write_text(json.dumps(latency.to_dict(), indent=1))
     (out_dir / "parity_report.json").write_text(json.dumps(parity.to_dict(), indent=1))
+    # The probe set the edge agent checks the model with on the device: test images and PyTorch's logits.
+    k = min(p["probe_images"], len(test_images))
+    with torch.no_grad():
+        expected = edge(torch.from_numpy(test_images[:k])).numpy()
+    np.savez(out_dir / "probe.npz", images=test_images[:k], expected=expected, labels=labels[:k])
     shutil.rmtree(work)
     files = {f.name: sha256_file(f) for f in sorted(out_dir.iterdir()) if f.is_file()}
     pkg = EdgePackage(out_dir, final, target.name, arch.to_dict(), classes, parity, latency, optimizer, files)
     (out_dir / "package.json").write_text(json.dumps(
         {**pkg.to_dict(), "target_spec": target.model_dump(), "input": {"name": INPUT_NAME, "dtype": "uint8",
-         "layout": "NHWC", "shape": ["batch", size, size, 3]}, "output": OUTPUT_NAME,
+         "layout": "NHWC", "shape": ["batch", size, size, 3], "resize": "PIL bilinear, RGB, to size x size"}, "output": OUTPUT_NAME,
          "provenance": {k: meta.get(k) for k in ("dataset_version", "git_sha", "dagster_run_id")}}, indent=1))
     return pkg
 

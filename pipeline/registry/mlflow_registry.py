@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.export.package import EdgePackage
+from pipeline.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ def version_tags(pkg: EdgePackage, *, dataset_version: str, git_sha: str, dagste
         "latency_model_mape": "" if latency_mape is None else f"{latency_mape:.4f}",
     }
     tags.update({f"sha256.{name}": digest for name, digest in pkg.files_sha256.items()})
+    manifest = pkg.folder / "package.json"  # written after the others; the edge agent verifies it too
+    if manifest.is_file():
+        tags["sha256.package.json"] = sha256_file(manifest)
     return tags
 
 
