@@ -7,6 +7,7 @@ from dagster import Definitions, EnvVar, FilesystemIOManager
 from assets.architecture import architecture
 from assets.checks import check_dataset_valid
 from assets.dataset import dataset
+from assets.fleets import fleet_candidate_sensor, fleet_progress_sensor, fleet_rollout
 from assets.resources import MlflowTracking, ProjectResource
 from assets.schedules import retrain_job, weekly_retrain
 from assets.sensors import targets_sensor
@@ -30,8 +31,8 @@ RESOURCES = {
 
 defs = Definitions(
     assets=[dataset, pretrained_backbone, supernet, architecture, model, edge_package],
-    sensors=[targets_sensor],
-    jobs=[retrain_job],
+    sensors=[targets_sensor, fleet_candidate_sensor, fleet_progress_sensor],
+    jobs=[retrain_job, fleet_rollout],
     schedules=[weekly_retrain],
     asset_checks=[check_dataset_valid],
     resources=RESOURCES[os.environ.get("VITFORGE_DEPLOYMENT", "local")],

@@ -113,9 +113,10 @@ def cmd_stage_search(args: argparse.Namespace) -> int:
         print(f"         briefly fine-tuned val top-1 {res.finetuned_val_top1:.4f} ({res.rerank_steps} steps each); "
               f"Kendall tau inherited vs fine-tuned {tau} over {sum('finetuned_top1' in r for r in res.tried)} archs")
         if res.separated is False:
-            print(f"         note: {res.val_images} val images do not separate the pick from the runner-up "
-                  f"(gap {res.runner_up_gap:+.4f}, under two standard errors); a larger val split "
-                  "(dataset.val_fraction) with finetune.train_on_val: true keeps the shipped model's training data")
+            print(f"         note: {res.val_images} val images do not separate the top archs (pick minus best other "
+                  f"{res.runner_up_gap:+.4f}, within two standard errors): the pick is the slowest within budget of "
+                  "those tied with the best. A larger val split (dataset.min_val_images) sharpens it; with "
+                  "finetune.train_on_val: true the shipped model still trains on those images")
     print(f"largest  {res.largest_arch}  val top-1 {res.largest_val_top1:.4f}  p50 {res.largest_p50_ms:.3f} ms")
     print(f"speedup  {res.largest_p50_ms / res.measured_p50_ms:.1f}x; {res.evaluated} archs evaluated; "
           f"MLflow run {res.mlflow_run_id}")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from pipeline.models.supernet import Arch, SearchSpace, arch_flops
-from pipeline.nas.search import Candidate, SearchSettings, choose, evolutionary_search, kendall_tau, pareto_front
+from pipeline.nas.search import (
+    Candidate,
+    SearchSettings,
+    choose,
+    evolutionary_search,
+    kendall_tau,
+    pareto_front,
+    within_noise,
+)
 
 SPACE = SearchSpace.from_params({"patch_size": 4, "img_sizes": [16, 24, 32], "depths": [1, 2, 3, 4, 6],
                                  "embed_dims": [32, 64, 96, 128], "head_dim": 16, "stem": "patch", "stem_width": 8,
@@ -98,3 +106,22 @@ def test_the_shortlist_always_gives_one_brief_fine_tune_to_the_arch_that_spends_
     # depth 4 is predicted within 10 % of a 4.2 ms budget: too close to measure within it; depth 3 spends it
     assert [c.arch.depth for c in shortlist(front, evaluated, k=2, budget_ms=4.2)] == [1, 3, 2, 4]
     assert [c.arch.depth for c in shortlist(front, evaluated, k=3, budget_ms=3.5)] == [1, 3, 2, 4]
+
+
+def test_archs_the_val_split_cannot_tell_apart_go_to_the_slowest_within_budget():
+    front = [Candidate(Arch(d, 32, 1.0, 16), 0.5, float(d)) for d in (1, 2, 3, 4)]
+    measured = {c.arch: c.predicted_ms for c in front}
+    scores = {1: 0.90, 2: 0.89, 3: 0.88, 4: 0.95}
+
+    def pick(n_val):  # depth 4 is over the 3.5 ms budget
+        return choose(front, measured.__getitem__, budget_ms=3.5, top_k=3, n_val=n_val,
+                      finetune_top1=lambda arch, n: scores[arch.depth])
+
+    # 0.90 vs 0.88 on 50 images is noise (2 SE of the difference ~ 0.12): the slowest of the three wins
+    choice = pick(50)
+    assert choice.candidate.arch.depth == 3
+    assert [r.get("tied_with_best") for r in choice.tried] == [True, True, True]
+    # on 20,000 images the 2 points are real: the best wins
+    assert pick(20000).candidate.arch.depth == 1
+    assert pick(None).candidate.arch.depth == 1  # without n_val: the best, ties to the faster
+    assert within_noise(0.9, 0.88, 50) and not within_noise(0.9, 0.88, 20000)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
+
 from pipeline.data import build_manifest, read_dataset
 from pipeline.data.manifest import split_of
 
@@ -42,3 +44,13 @@ def test_manifest_histogram_and_counts(imagefolder):
     assert manifest.counts() == {"train": 8, "val": 0, "test": 0}
     assert manifest.class_histogram() == {"ants": {"train": 4, "val": 0, "test": 0},
                                           "bees": {"train": 4, "val": 0, "test": 0}}
+
+
+def test_small_sets_get_a_val_split_big_enough_to_rank_on():
+    from pipeline.stages.dataset import val_fraction
+
+    p = {"val_fraction": 0.1, "min_val_images": 60, "max_val_fraction": 0.3}
+    assert val_fraction(p, 1797) == 0.1  # the digits: 180 val images already
+    assert val_fraction(p, 244) == pytest.approx(60 / 244)  # hymenoptera's train/: about 60 instead of 24
+    assert val_fraction(p, 100) == 0.3  # capped: training keeps most of a tiny set
+    assert val_fraction(p, 0) == 0.1

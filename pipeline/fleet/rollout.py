@@ -59,7 +59,15 @@ def _version_of(client, model: str, name: str) -> str | None:
 
 
 def rollout_state(fleet: Fleet) -> dict[str, Any] | None:
-    raw = _client().get_registered_model(fleet.model).tags.get(_tag(fleet))
+    """The rollout under way, or None (also when the registered model does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        raw = _client().get_registered_model(fleet.model).tags.get(_tag(fleet))
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
     return json.loads(raw) if raw else None
 
 
@@ -108,6 +116,20 @@ def promote(fleet: Fleet) -> dict[str, Any]:
         client.set_registered_model_alias(fleet.model, f"fleet-{fleet.name}-next", candidate)
         client.set_registered_model_tag(fleet.model, _tag(fleet), json.dumps(state))
     return state
+
+
+def candidate_to_roll_out(fleet: Fleet) -> str | None:
+    """The target's candidate when the fleet should start rolling it out: no rollout under way, the fleet
+    does not run it, and no earlier rollout tried it (an aborted version is not retried by itself)."""
+    client = _client()
+    if rollout_state(fleet):
+        return None
+    candidate = _version_of(client, fleet.model, alias("candidate", fleet.target))
+    if candidate is None or candidate == _version_of(client, fleet.model, f"fleet-{fleet.name}"):
+        return None
+    if any(m["move"] == "start" and m["to"] == candidate for m in history(fleet)):
+        return None
+    return candidate
 
 
 @dataclass

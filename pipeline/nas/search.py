@@ -16,6 +16,7 @@ could be trusted.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -167,13 +168,24 @@ def shortlist(front: list[Candidate], evaluated: list[Candidate], k: int, budget
     return by_top1
 
 
+def within_noise(a: float, b: float, n: int) -> bool:
+    """Whether top-1 ``a`` and ``b`` on the same ``n`` images differ by at most two standard errors of the
+    difference (binomial, sqrt(p(1-p)/n) each): the val split cannot tell them apart."""
+    se = math.hypot(math.sqrt(max(a * (1 - a), 0.0) / n), math.sqrt(max(b * (1 - b), 0.0) / n))
+    return abs(a - b) <= 2 * se
+
+
 def choose(front: list[Candidate], measure_ms: Callable[[Arch], float], budget_ms: float, *, top_k: int = 1,
-           finetune_top1: Callable[[Arch, int], float] | None = None, evaluated: list[Candidate] | None = None
-           ) -> Choice:
+           finetune_top1: Callable[[Arch, int], float] | None = None, evaluated: list[Candidate] | None = None,
+           n_val: int | None = None) -> Choice:
     """Measure the shortlisted archs until ``top_k`` meet the budget; pick among those.
 
     With ``finetune_top1(arch, n)`` (a brief fine-tune, scored on val; ``n`` archs will be fine-tuned)
-    the pick is the best fine-tuned arch (ties: the faster); without it, the most accurate inherited one.
+    the pick is the best fine-tuned arch; without it, the most accurate inherited one. With ``n_val`` (the
+    val images behind those scores), every arch within two standard errors of the best counts as tied,
+    and the pick is the slowest of them within budget: the val split gives no evidence against the arch
+    with the most capacity, and a brief fine-tune underrates it most (bigger archs converge later).
+    Without ``n_val``, ties go to the faster.
     """
     tried: list[dict] = []
     within: list[tuple[Candidate, float, dict]] = []
@@ -197,5 +209,11 @@ def choose(front: list[Candidate], measure_ms: Callable[[Arch], float], budget_m
         row["finetuned_top1"] = finetune_top1(cand.arch, len(within))
         log.info("%s: inherited %.4f, fine-tuned %.4f", cand.arch.short(), cand.top1, row["finetuned_top1"])
     cand, measured, _ = max(within, key=lambda w: (w[2]["finetuned_top1"], -w[1]))
+    if n_val:
+        best = max(w[2]["finetuned_top1"] for w in within)
+        tied = [w for w in within if within_noise(best, w[2]["finetuned_top1"], n_val)]
+        cand, measured, _ = max(tied, key=lambda w: (w[1], w[2]["finetuned_top1"]))
+        for w in within:
+            w[2]["tied_with_best"] = w in tied
     tau = kendall_tau([w[0].top1 for w in within], [w[2]["finetuned_top1"] for w in within])
     return Choice(cand, measured, tried, tau)

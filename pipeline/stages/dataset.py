@@ -60,6 +60,14 @@ def resolve_source(data: str, root: Path, image_size: int) -> Path:
     return resolve(data, root)
 
 
+def val_fraction(p: dict[str, Any], n: int) -> float:
+    """``val_fraction``, raised on small sets so val holds about ``min_val_images`` (at most
+    ``max_val_fraction``): the search ranks its candidates on val, and 20 images cannot tell 5 points apart."""
+    if not n:
+        return p["val_fraction"]
+    return max(p["val_fraction"], min(p["min_val_images"] / n, p["max_val_fraction"]))
+
+
 def run_dataset(
     root: Path,
     params: dict[str, Any],
@@ -78,7 +86,7 @@ def run_dataset(
     raw = read_dataset(src, fmt, skip_invalid=skip_invalid)
     unl_src = resolve(unlabeled, root) if unlabeled else None
     raw_unl = read_unlabeled(unl_src, skip_invalid=skip_invalid) if unl_src else None
-    manifest = build_manifest(raw, p["val_fraction"], p["test_fraction"], raw_unl)
+    manifest = build_manifest(raw, val_fraction(p, len(raw.samples)), p["test_fraction"], raw_unl)
     labelled = manifest.labelled_files()
     n_unlabeled = len(manifest.unlabeled_files())
 

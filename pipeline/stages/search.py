@@ -14,7 +14,7 @@ from pipeline.data.tensors import load_split, normalize
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
 from pipeline.nas.latency_model import load_or_fit, measure_arch
-from pipeline.nas.search import SearchSettings, choose, evolutionary_search
+from pipeline.nas.search import SearchSettings, choose, evolutionary_search, within_noise
 from pipeline.nas.supernet_train import evaluate, load_supernet
 from pipeline.params import resolve
 from pipeline.targets import Target, TargetError, list_targets, load_target
@@ -30,10 +30,11 @@ class SearchStageResult:
     val_images: int
     finetuned_val_top1: float | None  # after the brief fine-tune the pick was made on
     kendall_tau: float | None  # inherited vs briefly fine-tuned val top-1 over the fine-tuned archs
-    # the pick beat the runner-up's fine-tuned val top-1 by more than two standard errors of the difference
-    # (None: fewer than two were fine-tuned); False says the val split is too small to tell them apart
+    # the pick beat every other fine-tuned arch by more than two standard errors of the difference (None:
+    # fewer than two were fine-tuned). False: the val split could not tell the top ones apart, and the pick
+    # is the slowest (most capable) arch within budget among those tied with the best
     separated: bool | None
-    runner_up_gap: float | None  # pick minus runner-up, fine-tuned val top-1
+    runner_up_gap: float | None  # pick minus the best other arch, fine-tuned val top-1
     rerank_steps: int | None  # steps of each brief fine-tune (the same for every candidate)
     predicted_ms: float
     measured_p50_ms: float
@@ -123,18 +124,16 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         return res.val.top1
 
     choice = choose(front, measure, target.latency_budget_ms, top_k=k, finetune_top1=finetune_top1 if k > 1 else None,
-                    evaluated=evaluated)
+                    evaluated=evaluated, n_val=n_val)
     chosen, measured, tried = choice.candidate, choice.measured_ms, choice.tried
     for row in tried:
         row["top1_se"] = standard_error(row["top1"], n_val)
     finetuned = next((r.get("finetuned_top1") for r in tried if r["arch"] == chosen.arch.to_dict()), None)
-    scores = sorted((r["finetuned_top1"] for r in tried if "finetuned_top1" in r), reverse=True)
+    others = [r["finetuned_top1"] for r in tried if "finetuned_top1" in r and r["arch"] != chosen.arch.to_dict()]
     gap = separated = None
-    if finetuned is not None and len(scores) > 1:
-        runner_up = scores[1] if finetuned == scores[0] else scores[0]
-        gap = finetuned - runner_up
-        se_diff = math.hypot(standard_error(finetuned, n_val), standard_error(runner_up, n_val))
-        separated = gap > 2 * se_diff
+    if finetuned is not None and others:
+        gap = finetuned - max(others)
+        separated = gap > 0 and not within_noise(finetuned, max(others), n_val)
     largest = space.largest()
     largest_ms = latency.measured_ms(largest) or measure(largest)  # the fit set holds it, timed the same way
     largest_top1 = evaluate(net, largest, x_val, y_val)
