@@ -78,7 +78,11 @@ def fleet_candidate_sensor(context: SensorEvaluationContext, project: ProjectRes
     mlflow_lib.set_tracking_uri(mlflow.tracker().tracking_uri)
     requests = []
     for name, fleet in _fleets(project).items():
-        version = candidate_to_roll_out(fleet)
+        try:
+            version = candidate_to_roll_out(fleet)
+        except Exception as err:  # noqa: BLE001  (one fleet's trouble must not stop the others)
+            context.log.error(f"fleet {name}: {type(err).__name__}: {err}")
+            continue
         if version is not None:
             requests.append(RunRequest(run_key=f"{name}-v{version}",
                                        run_config={"ops": {"promote_fleet": {"config": {"fleet": name}}}},
@@ -96,13 +100,17 @@ def fleet_progress_sensor(context: SensorEvaluationContext, project: ProjectReso
     mlflow_lib.set_tracking_uri(mlflow.tracker().tracking_uri)
     events, actions = [], []
     for name, fleet in _fleets(project).items():
-        action, details = evaluate(fleet)
-        if action == "idle":
+        try:
+            action, details = evaluate(fleet)
+        except Exception as err:  # noqa: BLE001  (one fleet's trouble must not stop the others)
+            context.log.error(f"fleet {name}: {type(err).__name__}: {err}")
+            continue
+        if action in ("idle", "wait"):  # only moves become asset events
             continue
         actions.append(f"{name}: {action}")
         events.append(AssetMaterialization(AssetKey(["fleet", name]), description=action,
                                            metadata=fleet_metadata(fleet, details)))
     if not events:
-        return SkipReason("no rollout under way")
+        return SkipReason("no rollout moved")
     context.log.info("; ".join(actions))
     return SensorResult(asset_events=events)

@@ -65,7 +65,7 @@ def test_sensors_start_and_drive_a_rollout(tmp_path):
         stage = [d for d in DEVICES if bucket("ship", d) < 50]
         for d in DEVICES:
             report("ship", d, "0", "no-version")  # the fleet's devices, known from their polls
-        assert type(fleet_progress_sensor(ctx)).__name__ == "SensorResult"
+        assert type(fleet_progress_sensor(ctx)).__name__ == "SkipReason"
         assert rollout_state(fleet)["stage"] == 0  # stage devices have not taken it yet: wait
         time.sleep(0.01)
         for d in stage:

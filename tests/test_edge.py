@@ -183,7 +183,12 @@ def test_a_bad_candidate_is_rejected_and_the_old_version_keeps_serving(server, v
     assert EdgeModel(Store(state).current_dir(), versions["good"]).logits(
         np.zeros((1, 16, 16, 3), np.uint8)).shape == (1, 10)  # still loads and runs
     assert not any((state / "tmp").iterdir())  # the rejected download is gone
-    assert agent_once(uri, "dev-b", state)["reasons"] == "rejected here before"  # not downloaded again
+    again = agent_once(uri, "dev-b", state)
+    if bad == "corrupt":  # a bad download is fetched again (it may have been the network), and fails again
+        assert again["state"] == "rejected" and why in again["reasons"]
+    else:  # a bad model is not downloaded again
+        assert again["reasons"] == "rejected here before"
+    assert again["serving"] == versions["good"]
 
 
 def test_canary_moves_only_the_devices_in_the_stage(server, versions, tmp_path):
@@ -244,16 +249,29 @@ def test_serving_swaps_under_load_without_a_failed_request(server, versions, tmp
             except Exception as err:  # noqa: BLE001  (any failure counts)
                 failures.append(repr(err))
 
+    def served(version: str, timeout_s: float = 30) -> None:  # until the server answers with ``version``
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if len(seen) > 20 and seen[-1] == version:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"still serving {seen[-1:]} after {timeout_s} s, expected {version}")
+
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", 30)
         worker = threading.Thread(target=load)
         worker.start()
-        time.sleep(1)
+        served(versions["good"])
         point(uri, f"fleet-{FLEET}", versions["good2"])
         assert agent_once(uri, "dev-s", state)["state"] == "active"  # swap 1, under load
-        time.sleep(1)
+        served(versions["good2"])
         subprocess.run([sys.executable, "-m", "vitforge_edge.cli", "rollback", "--state-dir", str(state)], check=True)
-        time.sleep(1)  # swap 2: the local rollback
+        served(versions["good"])  # swap 2: the local rollback
+        again = agent_once(uri, "dev-s", state)  # the agent does not undo it: the version left is rejected here
+        assert again["serving"] == versions["good"] and again["reasons"] == "rejected here before"
+        n = len(seen)
+        time.sleep(0.5)
+        assert len(seen) > n and set(seen[n:]) == {versions["good"]}
         stop.set()
         worker.join(60)
     finally:
@@ -271,94 +289,39 @@ from pathlib import Path
 from vitforge_edge.store import Store
 store, src = Store(Path(sys.argv[1])), Path(sys.argv[2])
 for i in range(100000):
-    v = str(i % 7)
-    if not (store.versions / v).is_dir():
+    with store.lock():
         tmp = store.staging()
         for f in src.iterdir():
             shutil.copy(f, tmp / f.name)
-        store.install(v, tmp)
-    store.activate(v)
+        store.install(str(i), tmp)
+        store.activate(str(i))
+        store.prune(keep=2)
 """
 
 
 def test_sigkill_mid_swap_leaves_a_loadable_current(packages, tmp_path):
+    from vitforge_edge.checks import sha256
+
     state = tmp_path / "dev"
     src = packages["good"].folder
+    files = {f.name: sha256(f) for f in src.iterdir()}
     rng = np.random.default_rng(0)
-    for _ in range(8):  # bounded: eight kills at random moments
+    kills = 0
+    for _ in range(8):  # bounded: eight kills at random moments of install, switch and prune
         proc = subprocess.Popen([sys.executable, "-c", SWAPPER, str(state), str(src)])
-        time.sleep(float(rng.uniform(0.3, 1.5)))
+        time.sleep(float(rng.uniform(0.5, 2.0)))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        store = Store(state)  # a restart: clears half-done downloads and stray links
+        kills += 1
+        store = Store(state)
         folder = store.current_dir()
         if folder is None:
-            continue  # killed before the first activation
+            continue  # killed before the first switch
+        assert {f.name: sha256(f) for f in folder.iterdir()} == files  # complete, byte for byte
         model = EdgeModel(folder, store.current())
         assert model.logits(np.zeros((1, model.size, model.size, 3), np.uint8)).shape == (1, 10)
-        assert not any(store.tmp.iterdir())
-    assert Store(state).current() is not None
-
-
-def test_rollout_stages_finish_abort_and_rollback_with_history(server, versions, tmp_path):
-    from pipeline.cli import main as vitforge
-    from pipeline.fleet import load_fleet
-    from pipeline.fleet.rollout import evaluate, history, promote
-
-    uri, _ = server
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    devices = [f"ship-{i}" for i in range(5)]
-    cut = sorted(bucket("ship", d) for d in devices)[1] + 1  # two devices in the first stage
-    root = make_project(tmp_path / "project")
-    set_params(root, mlflow__tracking_uri=uri, fleets_dir="fleets")
-    (root / "fleets").mkdir()
-    (root / "fleets" / "ship.yaml").write_text(
-        f"target: cpu-ort-fp32\nmodel: {MODEL}\nstages:\n  - {{percent: {cut}, min_devices: 1, soak_s: 0}}\n"
-        "  - {percent: 100, min_devices: 1, soak_s: 0}\n"
-        "abort: {max_failure_share: 0.0, max_p99_regression: 3.0}\n")  # p99 rule: its own test below
-    fleet = load_fleet(root / "fleets" / "ship.yaml")
-
-    def poll_all() -> dict[str, str]:
-        return {d: agent_once(uri, d, tmp_path / d, "ship")["serving"] for d in devices}
-
-    def roll(version: str) -> None:
-        client.set_registered_model_alias(MODEL, "candidate-cpu-ort-fp32", version)
-        assert vitforge(["--root", str(root), "fleet", "promote", "ship"]) == 0
-        first = poll_all()
-        assert {d for d in devices if first[d] == version} == {d for d in devices if bucket("ship", d) < cut}
-        assert evaluate(fleet)[0] == "advance"
-        assert set(poll_all().values()) == {version}
-        assert evaluate(fleet)[0] == "finish"
-
-    roll(versions["good"])
-    roll(versions["good2"])
-    assert str(client.get_model_version_by_alias(MODEL, "champion-cpu-ort-fp32").version) == versions["good2"]
-    # a candidate over budget on the devices: the first stage rejects it, the rollout aborts
-    client.set_registered_model_alias(MODEL, "candidate-cpu-ort-fp32", versions["slow"])
-    promote(fleet)
-    polled = poll_all()
-    assert set(polled.values()) == {versions["good2"]}  # nobody switched
-    assert evaluate(fleet)[0] == "abort"
-    assert set(poll_all().values()) == {versions["good2"]}
-    # rollback restores the version before the last finished rollout
-    assert vitforge(["--root", str(root), "fleet", "rollback", "ship"]) == 0
-    assert set(poll_all().values()) == {versions["good"]}
-    moves = [(m["move"], m["from"], m["to"], m["status"]) for m in history(fleet)]
-    g, g2, slow = versions["good"], versions["good2"], versions["slow"]
-    assert moves == [("start", "", g, "FINISHED"), ("advance", "", g, "FINISHED"), ("finish", "", g, "FINISHED"),
-                     ("start", g, g2, "FINISHED"), ("advance", g, g2, "FINISHED"), ("finish", g, g2, "FINISHED"),
-                     ("start", g2, slow, "FINISHED"), ("abort", slow, g2, "FINISHED"),
-                     ("rollback", g2, g, "FINISHED")]
-    assert vitforge(["--root", str(root), "fleet", "promote", "nope"]) == 2  # unknown fleet: one line, exit 2
-
-
-def test_p99_rule_compares_with_the_serving_version_timed_beside_it(packages, versions, tmp_path):
-    from vitforge_edge.checks import Rules, self_check
-
-    new, old = packages["good2"].folder, packages["good"].folder
-    expected = {f: sha256_file(new / f) for f in EDGE_FILES}
-    fast = Rules(max_p99_regression=-0.9, warmup=2, runs=40)  # demands 10x faster than the serving version
-    res = self_check(new, "2", expected, fast, serving=old)
-    assert not res.ok and "regresses" in res.reasons[0] and "timed beside it" in res.reasons[0]
-    assert self_check(new, "2", expected, Rules(max_p99_regression=10.0, warmup=2, runs=40), serving=old).ok
+        with store.lock():  # the next writer clears what the killed one left
+            pass
+        assert not any(store.tmp.iterdir()) and not list(state.glob(".*.link-*"))
+        assert len(list(store.versions.iterdir())) <= 5  # prune ran: no pile-up of versions
+    assert kills == 8 and Store(state).current() is not None

@@ -66,7 +66,11 @@ def test_an_unreachable_quarter_is_reported_not_hidden():
 
 def test_given_sizes_are_kept_and_given_patch_is_the_only_choice():
     fitted, _, _ = fit_sizes({**SPACE, "img_sizes": [32, 48]}, 300, 0.4, cost_ms)
-    assert fitted["img_sizes"] == [32, 48]
+    assert fitted["img_sizes"] == [32, 48] and fitted["patch_size"] == 8  # 16 leaves a 3x3 grid at 48 px
+    fitted, _, _ = fit_sizes({**SPACE, "img_sizes": [24, 40]}, 300, 0.4, cost_ms)
+    assert fitted["patch_size"] == 8  # 16 divides neither; 8 divides both, a 5x5 grid at 40 px
+    with pytest.raises(SpaceFitError, match="none divides"):
+        fit_sizes({**SPACE, "img_sizes": [30]}, 300, 0.4, cost_ms)
     fitted, _, _ = fit_sizes({**SPACE, "patch_size": 8}, 300, 0.4, cost_ms)
     assert fitted["patch_size"] == 8
 

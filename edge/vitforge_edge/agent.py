@@ -6,7 +6,9 @@ One poll (``poll_once``):
    way and this device's stable bucket (sha256 of fleet and device id, 0-99) is below the rollout's
    current percentage. The rollout state is the registered model's tag ``fleet.<name>.rollout``
    (written by ``vitforge fleet promote``): ``{"version", "percent", "rules"}``.
-2. Nothing to do when that version already serves, or was already rejected here.
+2. Nothing to do when that version already serves, or was rejected here (a failed check of the model,
+   or a local rollback away from it). A failed integrity check is not remembered: the next poll
+   downloads again.
 3. Otherwise: download the package files into the state dir's ``tmp/``, verify every sha256 against the
    version's registry tags, and run the self-check (latency against the budget and, during a rollout,
    against the serving version's p99 timed beside it; probe agreement).
@@ -52,7 +54,7 @@ class PollReport:
     alias: str
     version: str | None  # the version this poll was about
     serving: str | None  # the version serving after the poll
-    state: str  # serving | active | rejected | no-version | unreachable
+    state: str  # serving | active | rejected | no-version | unreachable | error
     check: CheckResult | None = None
     reasons: list[str] = field(default_factory=list)
 
@@ -72,17 +74,12 @@ class Agent:
     def __init__(self, client: MlflowRest, model_name: str, fleet: str, device_id: str, state_dir: Path):
         self.client, self.model_name, self.fleet, self.device_id = client, model_name, fleet, device_id
         self.store = Store(state_dir)
-        self.rejected_file = self.store.root / "rejected.json"
-
-    def _rejected(self) -> set[str]:
-        return set(json.loads(self.rejected_file.read_text())) if self.rejected_file.is_file() else set()
-
-    def _reject(self, version: str) -> None:
-        tmp = self.rejected_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(self._rejected() | {version})))
-        tmp.replace(self.rejected_file)
 
     def poll_once(self) -> PollReport:
+        with self.store.lock():  # one writer at a time: a local rollback waits for the poll
+            return self._locked_poll()
+
+    def _locked_poll(self) -> PollReport:
         serving = self.store.current()
         try:
             report = self._poll(serving)
@@ -90,6 +87,10 @@ class Agent:
             report = PollReport(self.device_id, self.fleet, "", None, serving, "unreachable", reasons=[str(err)])
             log.warning("%s: %s", self.device_id, err)
             return report
+        except Exception as err:  # noqa: BLE001  (anything else: keep serving and keep polling, but say so)
+            log.exception("%s: poll failed", self.device_id)
+            report = PollReport(self.device_id, self.fleet, "", None, serving, "error",
+                                reasons=[f"{type(err).__name__}: {err}"])
         try:
             self.client.report(f"fleet-{self.fleet}", f"{self.device_id} {report.state} v{report.version}",
                                report.tags(), report.metrics())
@@ -102,16 +103,21 @@ class Agent:
         in_stage = rollout is not None and bucket(self.fleet, self.device_id) < int(rollout.get("percent", 0))
         alias = f"fleet-{self.fleet}-next" if in_stage else f"fleet-{self.fleet}"
         mv = self.client.version_by_alias(self.model_name, alias)
+        if mv is None and in_stage:  # a rollout tag without its alias (an abort half seen): the fleet's version
+            alias = f"fleet-{self.fleet}"
+            mv = self.client.version_by_alias(self.model_name, alias)
         if mv is None:
             return PollReport(self.device_id, self.fleet, alias, None, serving, "no-version",
                               reasons=[f"alias {alias} is not set"])
         if mv.version == serving:
             return PollReport(self.device_id, self.fleet, alias, mv.version, serving, "serving")
-        if mv.version in self._rejected():
+        if mv.version in self.store.rejected():
             return PollReport(self.device_id, self.fleet, alias, mv.version, serving, "rejected",
                               reasons=["rejected here before"])
         # the fleet's rules while it rolls out; otherwise integrity, budget and agreement only
-        rules = Rules(**rollout["rules"]) if rollout and "rules" in rollout else Rules(max_p99_regression=None)
+        known = set(Rules.__dataclass_fields__)  # rules a newer controller adds are ignored, not fatal
+        rules = (Rules(**{k: v for k, v in rollout["rules"].items() if k in known}) if rollout and "rules" in rollout
+                 else Rules(max_p99_regression=None))
         staging = self.store.staging()
         self.client.download(mv, EDGE_FILES, staging)
         expected = {k: v for k, v in mv.sha256().items() if k in EDGE_FILES}
@@ -120,7 +126,8 @@ class Agent:
                  self_check(staging, mv.version, expected, rules, serving=self.store.current_dir()))
         if not check.ok:
             shutil.rmtree(staging, ignore_errors=True)
-            self._reject(mv.version)
+            if not check.integrity_failed:  # a bad download is fetched again next poll; a bad model is not
+                self.store.reject(mv.version)
             log.warning("%s: v%s rejected: %s", self.device_id, mv.version, "; ".join(check.reasons))
             return PollReport(self.device_id, self.fleet, alias, mv.version, serving, "rejected", check,
                               check.reasons)

@@ -39,6 +39,7 @@ class CheckResult:
     p99_ms: float | None = None
     agreement: float | None = None
     max_abs_diff: float | None = None
+    integrity_failed: bool = False  # a file missing or not matching its sha256 (a download may fix it)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,16 +99,20 @@ def self_check(folder: Path, version: str, expected_sha256: dict[str, str], rule
     """
     problems = verify_files(folder, expected_sha256)
     if problems:
-        return CheckResult(False, problems)
+        return CheckResult(False, problems, integrity_failed=True)
     try:
         model = EdgeModel(folder, version)
         agreement, diff = probe_agreement(model)
         target = model.spec.get("target_spec", {})
-        compare = serving is not None and rules.max_p99_regression is not None
-        timed = [model] + ([EdgeModel(serving, serving.name)] if compare else [])
-        figures = latency_ms(timed, int(target.get("batch_size", 1)), rules.warmup, rules.runs)
     except Exception as err:  # a package that does not load is a failed check, reported, not a crash
         return CheckResult(False, [f"the package does not load or run here: {type(err).__name__}: {err}"])
+    timed = [model]
+    if serving is not None and rules.max_p99_regression is not None:
+        try:
+            timed.append(EdgeModel(serving, serving.name))
+        except Exception:  # noqa: BLE001  (a broken serving version must not block the one that replaces it)
+            pass
+    figures = latency_ms(timed, int(target.get("batch_size", 1)), rules.warmup, rules.runs)
     (p50, p99) = figures[0]
     res = CheckResult(True, [], p50, p99, agreement, diff)
     budget = target.get("latency_budget_ms")

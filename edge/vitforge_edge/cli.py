@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.state_dir)
     if args.cmd == "rollback":
         try:
-            print(f"serving v{store.rollback()}")
+            with store.lock():  # not while an agent is mid-swap
+                print(f"serving v{store.rollback()} (the version left is rejected here)")
         except FileNotFoundError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

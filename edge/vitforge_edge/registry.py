@@ -7,6 +7,7 @@ place to report to (one MLflow run per report in the experiment ``fleet-<name>``
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -50,7 +51,9 @@ class MlflowRest:
             if err.code == 404 or "RESOURCE_DOES_NOT_EXIST" in detail:
                 raise KeyError(detail) from None
             raise RegistryError(f"{method} {path}: HTTP {err.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            raise RegistryError(f"{method} {path}: {err}") from None
+        except ValueError as err:  # not JSON: a proxy's error page
             raise RegistryError(f"{method} {path}: {err}") from None
 
     def model_tags(self, name: str) -> dict[str, str]:
@@ -80,7 +83,7 @@ class MlflowRest:
                 if err.code == 404:
                     continue  # missing: the integrity check names it
                 raise RegistryError(f"download {name} of {mv.name} v{mv.version}: HTTP {err.code}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
                 raise RegistryError(f"download {name} of {mv.name} v{mv.version}: {err}") from None
 
     def experiment_id(self, name: str) -> str:

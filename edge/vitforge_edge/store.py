@@ -6,18 +6,23 @@ Layout::
     STATE/current               symlink -> versions/<version>: what serves
     STATE/previous              symlink -> the version served before (local rollback)
     STATE/tmp/                  downloads in progress (same file system, so renames are atomic)
+    STATE/rejected.json         versions this device will not install (failed its checks, or rolled back)
 
 Every change is write-then-rename: a package is downloaded into ``tmp/``, fsynced, renamed into
 ``versions/``, and only then is a new ``current`` link created beside the old one and renamed over it
 (``rename(2)`` replaces a link atomically). A process killed at any point leaves ``current`` pointing at
-a complete version; leftovers in ``tmp/`` are removed on the next start.
+a complete version; leftovers in ``tmp/`` are removed by the next writer. Writers take ``writer.lock``
+(flock) first; ``serve`` and ``status`` only read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -38,15 +43,42 @@ def fsync_tree(folder: Path) -> None:
 
 
 class Store:
+    """One device's state dir. Writers (the agent's poll, a local rollback) hold ``lock()``; ``serve`` and
+    ``status`` only read."""
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self.versions = self.root / "versions"
         self.tmp = self.root / "tmp"
         self.versions.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)  # downloads a killed process left half done
-        self.tmp.mkdir()
-        for stale in self.root.glob(".*.link-*"):  # a link created but never renamed into place
-            stale.unlink(missing_ok=True)
+        self.tmp.mkdir(exist_ok=True)
+        self.rejected_file = self.root / "rejected.json"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The writer's lock (blocking), and the recovery of what a killed writer left: half-done
+        downloads in ``tmp/`` and links never renamed into place."""
+        import fcntl
+
+        with open(self.root / "writer.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            for leftover in self.tmp.iterdir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            for stale in self.root.glob(".*.link-*"):
+                stale.unlink(missing_ok=True)
+            yield
+
+    def rejected(self) -> set[str]:
+        try:
+            return set(json.loads(self.rejected_file.read_text()))
+        except (OSError, ValueError):
+            return set()
+
+    def reject(self, version: str) -> None:
+        """Never install ``version`` here again (the agent skips it)."""
+        tmp = self.rejected_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(self.rejected() | {version})))
+        os.replace(tmp, self.rejected_file)
 
     def staging(self) -> Path:
         """A fresh folder to download into."""
@@ -99,10 +131,13 @@ class Store:
         return None if version is None else self.versions / version
 
     def rollback(self) -> str:
-        """Serve the previous version again; returns it."""
-        prev = self.previous()
+        """Serve the previous version again and reject the one it replaces here, so that the agent does not
+        install it again at its next poll; returns the version now serving."""
+        prev, left = self.previous(), self.current()
         if prev is None:
             raise FileNotFoundError(f"{self.root}: no previous version to roll back to")
+        if left is not None:
+            self.reject(left)
         self.activate(prev)
         return prev
 
@@ -111,4 +146,6 @@ class Store:
         pinned = {self.current(), self.previous()}
         old = sorted((d for d in self.versions.iterdir() if d.name not in pinned), key=lambda d: d.stat().st_mtime)
         for d in old[: max(len(old) - keep, 0)]:
-            shutil.rmtree(d, ignore_errors=True)
+            doomed = Path(tempfile.mkdtemp(dir=self.tmp)) / d.name
+            os.rename(d, doomed)  # out of versions/ first: a kill mid-delete never leaves half a version there
+            shutil.rmtree(doomed.parent, ignore_errors=True)

@@ -192,7 +192,7 @@ def evaluate(fleet: Fleet, now: float | None = None) -> tuple[str, dict[str, Any
                      f"{', '.join(health.failed)}", health.figures)
         return "abort", details
     soaked = now - state["stage_started_at"] >= stage.soak_s
-    enough = len(health.healthy) >= min(stage.min_devices, len(health.devices)) and not health.waiting
+    enough = len(health.healthy) >= stage.min_devices and not health.waiting
     if not (soaked and enough):
         return "wait", details
     client = _client()

@@ -120,7 +120,13 @@ def fit_sizes(space: dict[str, Any], native: int, budget_ms: float,
     cache: dict[tuple[int, int, str], float] = {}
     options = []
     for patch in choices:
-        trial = concrete({**space, "patch_size": patch, "img_sizes": fixed_sizes or [patch]})
+        if fixed_sizes is not None:  # the largest patch that divides every size and leaves a usable grid
+            if all(s % patch == 0 for s in fixed_sizes):
+                options.append((patch, fixed_sizes, ""))
+                if fixed_sizes[-1] // patch >= MIN_GRID:
+                    break
+            continue
+        trial = concrete({**space, "patch_size": patch, "img_sizes": [patch]})
         probe = SearchSpace.from_params(trial)
 
         def ms(size: int, which: str, patch: int = patch, probe: SearchSpace = probe) -> float:
@@ -133,9 +139,6 @@ def fit_sizes(space: dict[str, Any], native: int, budget_ms: float,
                 log.info("space fit: patch %d, %d px, %s subnet: %.3f ms", patch, size, which, cache[key])
             return cache[key]
 
-        if fixed_sizes is not None:
-            options.append((patch, fixed_sizes, ""))
-            break
         cands = [patch * t for t in range(2, cap // patch + 1)]  # at least 2x2 patches
         if not cands:
             continue
@@ -150,6 +153,9 @@ def fit_sizes(space: dict[str, Any], native: int, budget_ms: float,
         options.append((patch, ladder(lo, hi, n_sizes, patch), note))
         if hi // patch >= MIN_GRID:
             break  # the largest patch with a usable token grid
+    if not options and fixed_sizes is not None:
+        raise SpaceFitError(f"params.yaml space.patch_choices {choices}: none divides every one of img_sizes "
+                            f"{fixed_sizes}")
     if not options:
         raise SpaceFitError(f"params.yaml space.patch_choices {choices}: every patch is larger than half the "
                             f"images' native side ({native} px) x max_upscale")
