@@ -58,6 +58,20 @@ def wait_http(url: str, timeout_s: float = 90.0) -> None:
     raise TimeoutError(f"{url} did not answer in {timeout_s:.0f} s")
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL after 10 s; never masks the test's own failure."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``mlflow server`` on loopback, its own store and proxied artifacts; stopped by process group."""
@@ -72,11 +86,7 @@ def server(tmp_path_factory):
         wait_http(f"{uri}/health")
         yield uri, root / "artifacts"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
 
 
 def target(budget_ms: float) -> Target:
@@ -275,8 +285,8 @@ def test_serving_swaps_under_load_without_a_failed_request(server, versions, tmp
         stop.set()
         worker.join(60)
     finally:
-        os.killpg(srv.pid, signal.SIGTERM)
-        srv.wait(20)
+        stop.set()
+        stop_group(srv)
     assert not failures, failures[:3]
     assert len(seen) > 50
     changes = [b for a, b in zip(seen, seen[1:]) if a != b]
@@ -325,3 +335,72 @@ def test_sigkill_mid_swap_leaves_a_loadable_current(packages, tmp_path):
         assert not any(store.tmp.iterdir()) and not list(state.glob(".*.link-*"))
         assert len(list(store.versions.iterdir())) <= 5  # prune ran: no pile-up of versions
     assert kills == 8 and Store(state).current() is not None
+
+
+def test_rollout_stages_finish_abort_and_rollback_with_history(server, versions, tmp_path):
+    from pipeline.cli import main as vitforge
+    from pipeline.fleet import load_fleet
+    from pipeline.fleet.rollout import evaluate, history, promote
+
+    uri, _ = server
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    devices = [f"ship-{i}" for i in range(5)]
+    cut = sorted(bucket("ship", d) for d in devices)[1] + 1  # two devices in the first stage
+    root = make_project(tmp_path / "project")
+    set_params(root, mlflow__tracking_uri=uri, fleets_dir="fleets")
+    (root / "fleets").mkdir()
+    (root / "fleets" / "ship.yaml").write_text(
+        f"target: cpu-ort-fp32\nmodel: {MODEL}\nstages:\n  - {{percent: {cut}, min_devices: 1, soak_s: 0}}\n"
+        "  - {percent: 100, min_devices: 1, soak_s: 0}\n"
+        "abort: {max_failure_share: 0.0, max_p99_regression: 3.0}\n")  # p99 rule: its own test below
+    fleet = load_fleet(root / "fleets" / "ship.yaml")
+
+    reports: dict[str, dict] = {}
+
+    def poll_all() -> dict[str, str]:
+        reports.update({d: agent_once(uri, d, tmp_path / d, "ship") for d in devices})
+        return {d: r["serving"] for d, r in reports.items()}
+
+    def roll(version: str) -> None:
+        client.set_registered_model_alias(MODEL, "candidate-cpu-ort-fp32", version)
+        assert vitforge(["--root", str(root), "fleet", "promote", "ship"]) == 0
+        first = poll_all()
+        assert {d for d in devices if first[d] == version} == {d for d in devices if bucket("ship", d) < cut}
+        others = {reports[d]["state"] for d in devices if bucket("ship", d) >= cut}
+        assert others == ({"no-version"} if version == versions["good"] else {"serving"})  # never "unreachable"
+        assert evaluate(fleet)[0] == "advance"
+        assert set(poll_all().values()) == {version}
+        assert evaluate(fleet)[0] == "finish"
+
+    roll(versions["good"])
+    roll(versions["good2"])
+    assert str(client.get_model_version_by_alias(MODEL, "champion-cpu-ort-fp32").version) == versions["good2"]
+    # a candidate over budget on the devices: the first stage rejects it, the rollout aborts
+    client.set_registered_model_alias(MODEL, "candidate-cpu-ort-fp32", versions["slow"])
+    promote(fleet)
+    polled = poll_all()
+    assert set(polled.values()) == {versions["good2"]}  # nobody switched
+    assert evaluate(fleet)[0] == "abort"
+    assert set(poll_all().values()) == {versions["good2"]}
+    # rollback restores the version before the last finished rollout
+    assert vitforge(["--root", str(root), "fleet", "rollback", "ship"]) == 0
+    assert set(poll_all().values()) == {versions["good"]}
+    moves = [(m["move"], m["from"], m["to"], m["status"]) for m in history(fleet)]
+    g, g2, slow = versions["good"], versions["good2"], versions["slow"]
+    assert moves == [("start", "", g, "FINISHED"), ("advance", "", g, "FINISHED"), ("finish", "", g, "FINISHED"),
+                     ("start", g, g2, "FINISHED"), ("advance", g, g2, "FINISHED"), ("finish", g, g2, "FINISHED"),
+                     ("start", g2, slow, "FINISHED"), ("abort", slow, g2, "FINISHED"),
+                     ("rollback", g2, g, "FINISHED")]
+    assert vitforge(["--root", str(root), "fleet", "promote", "nope"]) == 2  # unknown fleet: one line, exit 2
+
+
+def test_p99_rule_compares_with_the_serving_version_timed_beside_it(packages, versions, tmp_path):
+    from vitforge_edge.checks import Rules, self_check
+
+    new, old = packages["good2"].folder, packages["good"].folder
+    expected = {f: sha256_file(new / f) for f in EDGE_FILES}
+    fast = Rules(max_p99_regression=-0.9, warmup=2, runs=40)  # demands 10x faster than the serving version
+    res = self_check(new, "2", expected, fast, serving=old)
+    assert not res.ok and "regresses" in res.reasons[0] and "timed beside it" in res.reasons[0]
+    assert self_check(new, "2", expected, Rules(max_p99_regression=10.0, warmup=10, runs=400), serving=old).ok

@@ -57,6 +57,7 @@ class PollReport:
     state: str  # serving | active | rejected | no-version | unreachable | error
     check: CheckResult | None = None
     reasons: list[str] = field(default_factory=list)
+    bytes_downloaded: int = 0
 
     def tags(self) -> dict[str, str]:
         return {"device_id": self.device_id, "fleet": self.fleet, "alias": self.alias, "version": self.version or "",
@@ -64,10 +65,11 @@ class PollReport:
 
     def metrics(self) -> dict[str, float]:
         c = self.check
+        figures = {"bytes_downloaded": float(self.bytes_downloaded)}
         if c is None:
-            return {}
-        return {k: v for k, v in (("p50_ms", c.p50_ms), ("p99_ms", c.p99_ms), ("agreement", c.agreement))
-                if v is not None}
+            return figures
+        return figures | {k: v for k, v in (("p50_ms", c.p50_ms), ("p99_ms", c.p99_ms), ("agreement", c.agreement))
+                          if v is not None}
 
 
 class Agent:
@@ -81,8 +83,10 @@ class Agent:
 
     def _locked_poll(self) -> PollReport:
         serving = self.store.current()
+        before = self.client.bytes_downloaded
         try:
             report = self._poll(serving)
+            report.bytes_downloaded = self.client.bytes_downloaded - before
         except RegistryError as err:  # the server is away: keep serving, try again next poll
             report = PollReport(self.device_id, self.fleet, "", None, serving, "unreachable", reasons=[str(err)])
             log.warning("%s: %s", self.device_id, err)

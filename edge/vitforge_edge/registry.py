@@ -48,7 +48,9 @@ class MlflowRest:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as err:
             detail = err.read().decode(errors="replace")[:300]
-            if err.code == 404 or "RESOURCE_DOES_NOT_EXIST" in detail:
+            # MLflow answers a missing alias with INVALID_PARAMETER_VALUE "... alias ... not found"
+            if err.code == 404 or "RESOURCE_DOES_NOT_EXIST" in detail or (
+                    "INVALID_PARAMETER_VALUE" in detail and "not found" in detail):
                 raise KeyError(detail) from None
             raise RegistryError(f"{method} {path}: HTTP {err.code}: {detail}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
