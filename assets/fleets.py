@@ -52,7 +52,6 @@ class FleetConfig(Config):
 def promote_fleet(context: OpExecutionContext, config: FleetConfig, project: ProjectResource,
                   mlflow: MlflowTracking) -> None:
     import mlflow as mlflow_lib
-
     from pipeline.fleet.rollout import promote
 
     mlflow_lib.set_tracking_uri(mlflow.tracker().tracking_uri)
@@ -72,7 +71,6 @@ def fleet_rollout():
         description="Starts fleet_rollout when a fleet's target has a new passing candidate.")
 def fleet_candidate_sensor(context: SensorEvaluationContext, project: ProjectResource, mlflow: MlflowTracking):
     import mlflow as mlflow_lib
-
     from pipeline.fleet.rollout import candidate_to_roll_out
 
     mlflow_lib.set_tracking_uri(mlflow.tracker().tracking_uri)
@@ -94,7 +92,6 @@ def fleet_candidate_sensor(context: SensorEvaluationContext, project: ProjectRes
         description="Advances, finishes or aborts each fleet's rollout from its devices' reports.")
 def fleet_progress_sensor(context: SensorEvaluationContext, project: ProjectResource, mlflow: MlflowTracking):
     import mlflow as mlflow_lib
-
     from pipeline.fleet.rollout import evaluate
 
     mlflow_lib.set_tracking_uri(mlflow.tracker().tracking_uri)

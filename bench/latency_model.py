@@ -11,8 +11,8 @@ import time
 import pipeline  # noqa: F401
 from pipeline.models.supernet import Arch, SearchSpace
 from pipeline.nas.latency_model import fit_latency_model
-from pipeline.params import load_params, project_root, resolve
 from pipeline.nas.space_fit import resolve_space
+from pipeline.params import load_params, project_root, resolve
 from pipeline.targets import list_targets, load_target
 
 

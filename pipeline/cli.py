@@ -265,7 +265,8 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     print(f"{'device':<20} {'bucket':>6} {'serving':>8} {'state':<10} {'p50_ms':>7} {'p99_ms':>7}  reasons")
     for dev, rep in sorted(device_reports(fleet).items()):
         print(f"{dev:<20} {bucket(fleet.name, dev):>6} {rep.get('serving') or '-':>8} {rep['state']:<10} "
-              f"{rep.get('p50_ms', float('nan')):>7.3f} {rep.get('p99_ms', float('nan')):>7.3f}  {rep.get('reasons', '')}")
+              f"{rep.get('p50_ms', float('nan')):>7.3f} {rep.get('p99_ms', float('nan')):>7.3f}  "
+              f"{rep.get('reasons', '')}")
     for m in history(fleet):
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(m['time']))}  {m['move']:<8} v{m['from'] or '-'} -> "
               f"v{m['to'] or '-'}  {m['why']}  [{m['status']}]")

@@ -23,6 +23,9 @@ import numpy as np
 import pytest
 from conftest import TINY, make_project, set_params
 from PIL import Image
+from vitforge_edge.agent import EDGE_FILES, bucket
+from vitforge_edge.model import EdgeModel
+from vitforge_edge.store import Store
 
 import mlflow
 from pipeline.export.onnx import export_onnx
@@ -33,9 +36,6 @@ from pipeline.nas.supernet_train import train_supernet
 from pipeline.registry.mlflow_registry import register_package, version_tags
 from pipeline.targets import Target
 from pipeline.weights import sha256_file
-from vitforge_edge.agent import EDGE_FILES, bucket
-from vitforge_edge.model import EdgeModel
-from vitforge_edge.store import Store
 
 MODEL = "edge-digits"
 FLEET = "lab"
@@ -289,7 +289,7 @@ def test_serving_swaps_under_load_without_a_failed_request(server, versions, tmp
         stop_group(srv)
     assert not failures, failures[:3]
     assert len(seen) > 50
-    changes = [b for a, b in zip(seen, seen[1:]) if a != b]
+    changes = [b for a, b in zip(seen, seen[1:], strict=False) if a != b]
     assert changes == [versions["good2"], versions["good"]], changes
 
 

@@ -67,15 +67,16 @@ def verify_files(folder: Path, expected: dict[str, str]) -> list[str]:
     return problems
 
 
-def latency_ms(models: list[EdgeModel], batch: int, warmup: int, runs: int, rounds: int = 4) -> list[tuple[float, float]]:
+def latency_ms(models: list[EdgeModel], batch: int, warmup: int, runs: int,
+               rounds: int = 4) -> list[tuple[float, float]]:
     """(p50, p99) in ms of one inference of ``batch`` images, for each model, timed in alternating rounds."""
     times: list[list[float]] = [[] for _ in models]
     xs = [np.random.default_rng(0).integers(0, 256, (batch, m.size, m.size, 3), dtype=np.uint8) for m in models]
-    for m, x in zip(models, xs):
+    for m, x in zip(models, xs, strict=True):
         for _ in range(warmup):
             m.logits(x)
     for _ in range(rounds):
-        for i, (m, x) in enumerate(zip(models, xs)):
+        for i, (m, x) in enumerate(zip(models, xs, strict=True)):
             for _ in range(max(runs // rounds, 1)):
                 t0 = time.perf_counter()
                 m.logits(x)

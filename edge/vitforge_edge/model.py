@@ -54,5 +54,5 @@ class EdgeModel:
         z = self.logits(image)[0].astype(np.float64)
         p = np.exp(z - z.max())
         p /= p.sum()
-        return Prediction(self.classes[int(p.argmax())], {c: float(v) for c, v in zip(self.classes, p)},
+        return Prediction(self.classes[int(p.argmax())], {c: float(v) for c, v in zip(self.classes, p, strict=True)},
                           self.version)

@@ -163,7 +163,8 @@ def build_package(weights: Path, data_dir: Path, out_dir: Path, target: Target, 
     pkg = EdgePackage(out_dir, final, target.name, arch.to_dict(), classes, parity, latency, optimizer, files)
     (out_dir / "package.json").write_text(json.dumps(
         {**pkg.to_dict(), "target_spec": target.model_dump(), "input": {"name": INPUT_NAME, "dtype": "uint8",
-         "layout": "NHWC", "shape": ["batch", size, size, 3], "resize": "PIL bilinear, RGB, to size x size"}, "output": OUTPUT_NAME,
+         "layout": "NHWC", "shape": ["batch", size, size, 3], "resize": "PIL bilinear, RGB, to size x size"},
+         "output": OUTPUT_NAME,
          "provenance": {k: meta.get(k) for k in ("dataset_version", "git_sha", "dagster_run_id")}}, indent=1))
     return pkg
 

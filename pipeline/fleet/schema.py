@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.specs import list_specs, load_spec
 
 
 class FleetError(ValueError):
@@ -52,27 +53,8 @@ class Fleet(BaseModel):
 
 
 def load_fleet(path: Path | str) -> Fleet:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise FleetError(f"{path}: cannot read fleet file ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        raise FleetError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise FleetError(f"{path}: a fleet file is a mapping of fields, got {type(raw).__name__}")
-    if "name" in raw:
-        raise FleetError(f"{path}: field 'name': not allowed (a fleet's name is its file name)")
-    try:
-        return Fleet(name=path.stem, **raw)
-    except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            field = ".".join(str(p) for p in e["loc"]) or "(file)"
-            msg = {"extra_forbidden": "unknown field", "missing": "missing (required)"}.get(e["type"], e["msg"])
-            problems.append(f"field '{field}': {msg}")
-        raise FleetError(f"{path}: " + "; ".join(problems)) from None
+    return load_spec(path, Fleet, "fleet", FleetError)
 
 
 def list_fleets(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(Path(folder).glob("*.yaml"))}
+    return list_specs(folder)

@@ -129,7 +129,8 @@ def fit_sizes(space: dict[str, Any], native: int, budget_ms: float,
         trial = concrete({**space, "patch_size": patch, "img_sizes": [patch]})
         probe = SearchSpace.from_params(trial)
 
-        def ms(size: int, which: str, patch: int = patch, probe: SearchSpace = probe) -> float:
+        def ms(size: int, which: str, patch: int = patch, probe: SearchSpace = probe,
+               trial: dict[str, Any] = trial) -> float:
             key = (patch, size, which)
             if key not in cache:
                 base = probe.smallest() if which == "smallest" else probe.largest()

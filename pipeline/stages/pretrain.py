@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from pipeline import plots
-from pipeline.params import resolve
 from pipeline.nas.space_fit import resolve_space
+from pipeline.params import resolve
 from pipeline.ssl.train import pretrain
 from pipeline.stages.common import provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json

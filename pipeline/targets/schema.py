@@ -18,8 +18,9 @@ import importlib.util
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.specs import list_specs, load_spec
 
 
 class TargetError(ValueError):
@@ -63,33 +64,12 @@ class Target(BaseModel):
 
 
 def load_target(path: Path | str) -> Target:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise TargetError(f"{path}: cannot read target file ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        raise TargetError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise TargetError(f"{path}: a target file is a mapping of fields, got {type(raw).__name__}")
-    if "name" in raw:
-        raise TargetError(f"{path}: field 'name': not allowed (a target's name is its file name)")
-    try:
-        return Target(name=path.stem, **raw)
-    except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            field = ".".join(str(p) for p in e["loc"]) or "(file)"
-            msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-            if e["type"] == "missing":
-                msg = "missing (required)"
-            problems.append(f"field '{field}': {msg}")
-        raise TargetError(f"{path}: " + "; ".join(problems)) from None
+    return load_spec(path, Target, "target", TargetError)
 
 
 def list_targets(folder: Path) -> dict[str, Path]:
     """{name: path} of every target file in ``folder``."""
-    return {p.stem: p for p in sorted(Path(folder).glob("*.yaml"))}
+    return list_specs(folder)
 
 
 def target_file_sha256(path: Path) -> str:
