@@ -172,124 +172,6 @@ def cmd_stage_package(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_targets_list(args: argparse.Namespace) -> int:
-    """Each target with its budget, and the space's fastest and largest subnet measured on it.
-
-    The space fits a target when its fastest subnet runs in at most a quarter of the budget (room to
-    search) and its largest in more than the budget (the budget, not the space, binds).
-    """
-    import tempfile
-
-    from pipeline.models.supernet import SearchSpace
-    from pipeline.nas.latency_model import measure_arch
-    from pipeline.nas.space_fit import concrete, needs_fit, resolve_space
-    from pipeline.params import resolve
-    from pipeline.targets import TargetError, list_targets, load_target
-
-    params = load_params(args.root)
-    if needs_fit(params["space"]):
-        # fitted to the images of the current dataset version (no version: "run the dataset stage first")
-        fit = resolve_space(params, args.root, resolve(params["dataset"]["tracked_dir"], args.root))
-        print(f"space fitted to {fit.target} ({fit.budget_ms:g} ms) and the images' native {fit.native_size} px: "
-              f"patch_size {fit.space['patch_size']}, img_sizes {fit.space['img_sizes']}")
-        params = {**params, "space": fit.space}
-    space = SearchSpace.from_params(concrete(params["space"]), num_classes=2)
-    lp, mean, std = params["latency"], params["model"]["mean"], params["model"]["std"]
-    header = f"{'target':<16} {'runtime':<12} {'device':<12} {'precision':<9} {'batch':>5} {'budget_ms':>9}"
-    print(header + f"  {'fastest_ms':>10} {'largest_ms':>10}  space fits  measurable here")
-    for name, path in list_targets(resolve(params["targets_dir"], args.root)).items():
-        try:
-            t = load_target(path)
-        except TargetError as err:
-            print(f"{name:<16} invalid: {err}")
-            continue
-        ok, why = t.measurable_here()
-        fastest = largest = "-"
-        fits = "-"
-        if ok:
-            with tempfile.TemporaryDirectory(prefix="vitforge-space-") as tmp:
-                lo, hi = (measure_arch(a, space, t, Path(tmp), warmup=lp["warmup"], runs=lp["runs"], mean=mean, std=std)
-                          for a in (space.smallest(), space.largest()))
-            fastest, largest = f"{lo:.3f}", f"{hi:.3f}"
-            fits = "yes" if lo <= t.latency_budget_ms / 4 and hi > t.latency_budget_ms else (
-                "no: fastest > budget/4" if lo > t.latency_budget_ms / 4 else "no: largest within budget")
-        print(f"{name:<16} {t.runtime:<12} {t.device:<12} {t.precision:<9} {t.batch_size:>5} "
-              f"{t.latency_budget_ms:>9g}  {fastest:>10} {largest:>10}  {fits:<10}  {'yes' if ok else 'no'} ({why})")
-    return 0
-
-
-def _fleet(args: argparse.Namespace):
-    from pipeline.fleet import list_fleets, load_fleet
-    from pipeline.params import resolve
-
-    params = load_params(args.root)
-    folder = resolve(params["fleets_dir"], args.root)
-    files = list_fleets(folder)
-    if args.fleet not in files:
-        raise FileNotFoundError(f"unknown fleet {args.fleet!r}: no {folder / (args.fleet + '.yaml')} "
-                                f"(known: {sorted(files)})")
-    import mlflow
-
-    mlflow.set_tracking_uri(_tracker(args.root, params).tracking_uri)
-    return load_fleet(files[args.fleet])
-
-
-def cmd_fleet_promote(args: argparse.Namespace) -> int:
-    from pipeline.fleet.rollout import promote
-
-    fleet = _fleet(args)
-    state = promote(fleet)
-    print(f"fleet {fleet.name}: rolling out v{state['version']} (from v{state['from']}); stage 1 of "
-          f"{len(fleet.stages)}: {state['percent']} % of devices follow fleet-{fleet.name}-next")
-    return 0
-
-
-def cmd_fleet_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.fleet.rollout import evaluate
-
-    fleet = _fleet(args)
-    action, details = evaluate(fleet)
-    health = details.get("health", {})
-    print(f"fleet {fleet.name}: {action}" + (f" ({health['figures']})" if health else ""))
-    return 0
-
-
-def cmd_fleet_status(args: argparse.Namespace) -> int:
-    from pipeline.fleet.rollout import bucket, device_reports, history, rollout_state
-
-    fleet = _fleet(args)
-    state = rollout_state(fleet)
-    print(f"fleet {fleet.name} ({fleet.model}, target {fleet.target}): " + (
-        f"rolling out v{state['version']} from v{state['from']}, stage {state['stage'] + 1} of {len(fleet.stages)} "
-        f"({state['percent']} %)" if state else "no rollout under way"))
-    print(f"{'device':<20} {'bucket':>6} {'serving':>8} {'state':<10} {'p50_ms':>7} {'p99_ms':>7}  reasons")
-    for dev, rep in sorted(device_reports(fleet).items()):
-        print(f"{dev:<20} {bucket(fleet.name, dev):>6} {rep.get('serving') or '-':>8} {rep['state']:<10} "
-              f"{rep.get('p50_ms', float('nan')):>7.3f} {rep.get('p99_ms', float('nan')):>7.3f}  "
-              f"{rep.get('reasons', '')}")
-    for m in history(fleet):
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(m['time']))}  {m['move']:<8} v{m['from'] or '-'} -> "
-              f"v{m['to'] or '-'}  {m['why']}  [{m['status']}]")
-    return 0
-
-
-def cmd_fleet_abort(args: argparse.Namespace) -> int:
-    from pipeline.fleet.rollout import abort
-
-    fleet = _fleet(args)
-    abort(fleet, "aborted by hand")
-    print(f"fleet {fleet.name}: rollout aborted; every device returns to fleet-{fleet.name}")
-    return 0
-
-
-def cmd_fleet_rollback(args: argparse.Namespace) -> int:
-    from pipeline.fleet.rollout import rollback
-
-    fleet = _fleet(args)
-    print(f"fleet {fleet.name}: back to v{rollback(fleet)}")
-    return 0
-
-
 def _write_json(path: Path, obj: dict) -> None:
     import json
 
@@ -445,18 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     targets = sub.add_parser("targets", help="hardware targets")
     tsub = targets.add_subparsers(dest="targets_cmd", required=True)
     p = tsub.add_parser("list", help="each target with its budget and whether it can be measured here")
+    from pipeline.cli_targets import cmd_targets_list
+
     p.set_defaults(func=cmd_targets_list)
 
-    fleet = sub.add_parser("fleet", help="staged rollout of registered versions to edge devices (infra/fleets)")
-    fsub = fleet.add_subparsers(dest="fleet_cmd", required=True)
-    for name, func, text in (("promote", cmd_fleet_promote, "start rolling out the target's newest candidate"),
-                             ("evaluate", cmd_fleet_evaluate, "read device reports; advance, finish or abort"),
-                             ("status", cmd_fleet_status, "the rollout, each stage device and the history"),
-                             ("abort", cmd_fleet_abort, "stop the rollout; every device returns"),
-                             ("rollback", cmd_fleet_rollback, "return the fleet to its previous version")):
-        p = fsub.add_parser(name, help=text)
-        p.add_argument("fleet", help="a file name in fleets_dir, without .yaml")
-        p.set_defaults(func=func)
+    from pipeline.cli_fleet import add_fleet_commands
+
+    add_fleet_commands(sub)
     return parser
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from vitforge_edge.model import EdgeModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,8 +114,8 @@ def self_check(folder: Path, version: str, expected_sha256: dict[str, str], rule
     if serving is not None and rules.max_p99_regression is not None:
         try:
             timed.append(EdgeModel(serving, serving.name))
-        except Exception:  # noqa: BLE001  (a broken serving version must not block the one that replaces it)
-            pass
+        except Exception as err:  # noqa: BLE001  (a broken serving version must not block the one replacing it)
+            log.warning("serving version %s does not load (%s): no p99 comparison", serving.name, err)
     figures = latency_ms(timed, int(target.get("batch_size", 1)), rules.warmup, rules.runs)
     (p50, p99) = figures[0]
     res = CheckResult(True, [], p50, p99, agreement, diff)
