@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,27 +31,11 @@ import mlflow
 from pipeline.export.package import EdgePackage, Parity
 from pipeline.fleet.rollout import device_reports, evaluate, promote
 from pipeline.fleet.schema import Fleet
+from pipeline.loopback import free_port, start_mlflow_server, stop_group, wait_http
 from pipeline.registry.mlflow_registry import register_package, version_tags
 from pipeline.targets.latency import LatencyReport
 
 MODEL = "fleet-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit(f"{url} did not answer in {timeout_s:.0f} s")
 
 
 def load_package(folder: Path) -> EdgePackage:
@@ -92,16 +73,11 @@ def main() -> None:
     spec["target_spec"]["latency_budget_ms"] *= args.budget_slack
     (folder / "package.json").write_text(json.dumps(spec, indent=1))
     pkg = load_package(folder)
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
     procs: list[subprocess.Popen] = []
     stop = threading.Event()
     try:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-             "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}", "--artifacts-destination",
-             str(work / "artifacts")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        wait_http(f"{uri}/health")
+        server, uri = start_mlflow_server(work, workers=2)
+        procs.append(server)
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment("fleet-bench")
         v1, v2 = register(pkg), register(pkg)
@@ -197,15 +173,7 @@ def main() -> None:
     finally:
         stop.set()
         for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            stop_group(p)
         shutil.rmtree(work, ignore_errors=True)
 
 

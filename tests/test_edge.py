@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +29,7 @@ import mlflow
 from pipeline.export.onnx import export_onnx
 from pipeline.export.package import build_package
 from pipeline.finetune.train import finetune, load_model
+from pipeline.loopback import free_port, start_mlflow_server, stop_group, wait_http
 from pipeline.models.supernet import SearchSpace
 from pipeline.nas.supernet_train import train_supernet
 from pipeline.registry.mlflow_registry import register_package, version_tags
@@ -41,49 +40,12 @@ MODEL = "edge-digits"
 FLEET = "lab"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer in {timeout_s:.0f} s")
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL after 10 s; never masks the test's own failure."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``mlflow server`` on loopback, its own store and proxied artifacts; stopped by process group."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    proc, uri = start_mlflow_server(root)
     try:
-        wait_http(f"{uri}/health")
         yield uri, root / "artifacts"
     finally:
         stop_group(proc)
