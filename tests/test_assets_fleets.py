@@ -20,14 +20,18 @@ from pipeline.fleet.rollout import bucket, history, rollout_state
 from pipeline.tracking import Tracker
 
 DEVICES = [f"cam-{i}" for i in range(6)]
+SKEW = {d: 3600.0 * (-1) ** i for i, d in enumerate(DEVICES)}  # device clocks an hour ahead of or behind the server's
 
 
-def report(fleet: str, device: str, version: str, state: str = "active") -> None:
+def report(fleet: str, device: str, version: str, state: str = "active", stage: str = "") -> None:
+    """A device's poll report as the agent writes it, timed by the device's own (skewed) clock;
+    ``stage``: the id of the rollout stage it acted on."""
     client = mlflow.MlflowClient()
     exp = mlflow.get_experiment_by_name(f"fleet-{fleet}")
     exp_id = exp.experiment_id if exp else mlflow.create_experiment(f"fleet-{fleet}")
-    run = client.create_run(exp_id, tags={"device_id": device, "version": version, "state": state,
-                                          "serving": version if state == "active" else "0", "reasons": ""})
+    run = client.create_run(exp_id, start_time=int((time.time() + SKEW[device]) * 1000), tags={
+        "device_id": device, "version": version, "state": state, "rollout_stage": stage,
+        "serving": version if state == "active" else "0", "reasons": ""})
     client.log_metric(run.info.run_id, "p99_ms", 0.1)
     client.set_terminated(run.info.run_id)
 
@@ -68,14 +72,20 @@ def test_sensors_start_and_drive_a_rollout(tmp_path):
         assert type(fleet_progress_sensor(ctx)).__name__ == "SkipReason"
         assert rollout_state(fleet)["stage"] == 0  # stage devices have not taken it yet: wait
         time.sleep(0.01)
-        for d in stage:
-            report("ship", d, str(mv.version))
+        first = state["stage_id"]
+        for d in stage:  # skewed device clocks: the stage id counts, not the time
+            report("ship", d, str(mv.version), stage=first)
         out = fleet_progress_sensor(ctx)
         assert out.asset_events[0].description == "advance"
-        assert rollout_state(fleet)["percent"] == 100
+        second = rollout_state(fleet)
+        assert second["percent"] == 100 and second["stage_id"] != first
+        for d in DEVICES:  # reports about the first stage do not complete the second
+            report("ship", d, str(mv.version), stage=first)
+        assert type(fleet_progress_sensor(ctx)).__name__ == "SkipReason"
+        assert rollout_state(fleet)["stage"] == 1
         time.sleep(0.01)
         for d in DEVICES:
-            report("ship", d, str(mv.version))
+            report("ship", d, str(mv.version), stage=second["stage_id"])
         out = fleet_progress_sensor(ctx)
         assert out.asset_events[0].description == "finish"
         assert rollout_state(fleet) is None

@@ -5,7 +5,7 @@ One poll (``poll_once``):
 1. Which alias this device follows: ``fleet-<name>``, or ``fleet-<name>-next`` while a rollout is under
    way and this device's stable bucket (sha256 of fleet and device id, 0-99) is below the rollout's
    current percentage. The rollout state is the registered model's tag ``fleet.<name>.rollout``
-   (written by ``vitforge fleet promote``): ``{"version", "percent", "rules"}``.
+   (written by ``vitforge fleet promote``): ``{"version", "percent", "stage_id", "rules"}``.
 2. Nothing to do when that version already serves, or was rejected here (a failed check of the model,
    or a local rollback away from it). A failed integrity check is not remembered: the next poll
    downloads again.
@@ -14,7 +14,9 @@ One poll (``poll_once``):
    against the serving version's p99 timed beside it; probe agreement).
 4. Passed: install and switch ``current`` atomically (the old version stays as ``previous``). Failed:
    the old version keeps serving, and the version is remembered as rejected.
-5. Report device id, version, state, reasons, p50/p99 and agreement as an MLflow run in ``fleet-<name>``.
+5. Report device id, version, state, reasons, p50/p99 and agreement as an MLflow run in ``fleet-<name>``,
+   tagged with the ``stage_id`` of the rollout stage the poll acted on: the controller counts a report for a
+   stage by that id, not by its time, so this device's clock need not agree with the server's.
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ class PollReport:
     check: CheckResult | None = None
     reasons: list[str] = field(default_factory=list)
     bytes_downloaded: int = 0
+    rollout_stage: str = ""  # the rollout stage (its stage_id) this poll acted on; "" outside a rollout
 
     def tags(self) -> dict[str, str]:
         return {"device_id": self.device_id, "fleet": self.fleet, "alias": self.alias, "version": self.version or "",
-                "serving": self.serving or "", "state": self.state, "reasons": "; ".join(self.reasons)[:4000]}
+                "serving": self.serving or "", "state": self.state, "rollout_stage": self.rollout_stage,
+                "reasons": "; ".join(self.reasons)[:4000],
+                "engine": json.dumps(self.check.engine) if self.check and self.check.engine else ""}
 
     def metrics(self) -> dict[str, float]:
         c = self.check
@@ -85,7 +90,9 @@ class Agent:
         serving = self.store.current()
         before = self.client.bytes_downloaded
         try:
-            report = self._poll(serving)
+            rollout = rollout_state(self.client.model_tags(self.model_name), self.fleet)
+            report = self._poll(serving, rollout)
+            report.rollout_stage = str((rollout or {}).get("stage_id", ""))
             report.bytes_downloaded = self.client.bytes_downloaded - before
         except RegistryError as err:  # the server is away: keep serving, try again next poll
             report = PollReport(self.device_id, self.fleet, "", None, serving, "unreachable", reasons=[str(err)])
@@ -102,8 +109,7 @@ class Agent:
             log.warning("%s: report not delivered: %s", self.device_id, err)
         return report
 
-    def _poll(self, serving: str | None) -> PollReport:
-        rollout = rollout_state(self.client.model_tags(self.model_name), self.fleet)
+    def _poll(self, serving: str | None, rollout: dict | None) -> PollReport:
         in_stage = rollout is not None and bucket(self.fleet, self.device_id) < int(rollout.get("percent", 0))
         alias = f"fleet-{self.fleet}-next" if in_stage else f"fleet-{self.fleet}"
         mv = self.client.version_by_alias(self.model_name, alias)
@@ -127,7 +133,8 @@ class Agent:
         expected = {k: v for k, v in mv.sha256().items() if k in EDGE_FILES}
         missing = [f for f in EDGE_FILES if f not in expected]
         check = (CheckResult(False, [f"the registry has no sha256 for {', '.join(missing)}"]) if missing else
-                 self_check(staging, mv.version, expected, rules, serving=self.store.current_dir()))
+                 self_check(staging, mv.version, expected, rules, serving=self.store.current_dir(),
+                            engine_cache=self.store.engines))
         if not check.ok:
             shutil.rmtree(staging, ignore_errors=True)
             if not check.integrity_failed:  # a bad download is fetched again next poll; a bad model is not
@@ -139,8 +146,8 @@ class Agent:
         self.store.install(mv.version, staging)
         self.store.activate(mv.version)
         self.store.prune()
-        log.info("%s: v%s active (p50 %.3f ms, p99 %.3f ms, agreement %.3f)", self.device_id, mv.version,
-                 check.p50_ms, check.p99_ms, check.agreement)
+        log.info("%s: v%s active (p50 %.3f ms, p99 %.3f ms, agreement %.3f, %s)", self.device_id, mv.version,
+                 check.p50_ms, check.p99_ms, check.agreement, check.engine.get("runtime"))
         return PollReport(self.device_id, self.fleet, alias, mv.version, mv.version, "active", check)
 
     def run(self, interval_s: float, max_polls: int | None = None) -> None:

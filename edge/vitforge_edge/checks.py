@@ -6,6 +6,9 @@
 - **Latency:** p50 and p99 of the model here, at the target's threads and batch, against the target's
   budget (p50) and, when a version is serving, against that version's p99 times (1 + max regression).
   The two are timed side by side, in alternating rounds, so both see the same device load.
+- **Engine:** for a TensorRT target the engine is built here from the ONNX (or taken from the state dir's
+  cache, keyed by ONNX, precision, TensorRT version and GPU) and loaded; latency and agreement are then
+  measured through it, so what is proven is what will serve. How it was obtained is in ``engine``.
 - **Agreement:** the shipped probe images (test images) through this device's runtime, top-1 compared with
   the logits PyTorch gave for them at packaging time. A wrong normalization or a corrupted export shows
   here even when every hash matches.
@@ -43,6 +46,7 @@ class CheckResult:
     agreement: float | None = None
     max_abs_diff: float | None = None
     integrity_failed: bool = False  # a file missing or not matching its sha256 (a download may fix it)
+    engine: dict = field(default_factory=dict)  # runtime and version; for TensorRT the cache key and hit/build
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,16 +100,17 @@ def probe_agreement(model: EdgeModel) -> tuple[float, float]:
 
 
 def self_check(folder: Path, version: str, expected_sha256: dict[str, str], rules: Rules,
-               serving: Path | None = None) -> CheckResult:
+               serving: Path | None = None, engine_cache: Path | None = None) -> CheckResult:
     """Every check on a downloaded package; ``ok`` only when all pass. Never raises for a bad package.
 
     ``serving`` is the folder of the version serving now: the p99 rule compares against it, timed here.
+    ``engine_cache``: where TensorRT engines built on this device are kept.
     """
     problems = verify_files(folder, expected_sha256)
     if problems:
         return CheckResult(False, problems, integrity_failed=True)
     try:
-        model = EdgeModel(folder, version)
+        model = EdgeModel(folder, version, engine_cache=engine_cache)
         agreement, diff = probe_agreement(model)
         target = model.spec.get("target_spec", {})
     except Exception as err:  # a package that does not load is a failed check, reported, not a crash
@@ -113,12 +118,12 @@ def self_check(folder: Path, version: str, expected_sha256: dict[str, str], rule
     timed = [model]
     if serving is not None and rules.max_p99_regression is not None:
         try:
-            timed.append(EdgeModel(serving, serving.name))
+            timed.append(EdgeModel(serving, serving.name, engine_cache=engine_cache))
         except Exception as err:  # noqa: BLE001  (a broken serving version must not block the one replacing it)
             log.warning("serving version %s does not load (%s): no p99 comparison", serving.name, err)
     figures = latency_ms(timed, int(target.get("batch_size", 1)), rules.warmup, rules.runs)
     (p50, p99) = figures[0]
-    res = CheckResult(True, [], p50, p99, agreement, diff)
+    res = CheckResult(True, [], p50, p99, agreement, diff, engine=model.engine.description)
     budget = target.get("latency_budget_ms")
     if budget is not None and p50 > float(budget):
         res.reasons.append(f"p50 {p50:.3f} ms over the target's budget {float(budget):g} ms")

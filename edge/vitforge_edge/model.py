@@ -1,4 +1,5 @@
-"""An edge package loaded for inference: ONNX Runtime session, label map, and the package's own resize."""
+"""An edge package loaded for inference: its engine (ONNX Runtime, or TensorRT built on this device), label
+map, and the package's own resize."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vitforge_edge.engines import open_engine
+
 
 @dataclass
 class Prediction:
@@ -19,27 +22,20 @@ class Prediction:
 
 
 class EdgeModel:
-    """``folder`` holds a package (model.onnx, label_map.json, package.json) as the pipeline wrote it."""
+    """``folder`` holds a package (model.onnx, label_map.json, package.json) as the pipeline wrote it.
+    ``engine_cache``: where TensorRT engines built here are kept (the state dir's ``engines/``)."""
 
-    def __init__(self, folder: Path, version: str, threads: int | None = None):
-        import onnxruntime as ort
-
+    def __init__(self, folder: Path, version: str, threads: int | None = None, engine_cache: Path | None = None):
         self.folder, self.version = Path(folder), version
         self.spec = json.loads((self.folder / "package.json").read_text())
         labels = json.loads((self.folder / "label_map.json").read_text())
         self.classes = [labels[str(i)] for i in range(len(labels))]
         self.size = int(self.spec["input"]["shape"][1])
-        self.input_name, self.output_name = self.spec["input"]["name"], self.spec["output"]
-        target = self.spec.get("target_spec", {})
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or int(target.get("threads", 1))
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.engine = open_engine(self.folder, self.spec, self.size, threads, engine_cache)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """uint8 NHWC images at the package's size -> logits."""
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(images)})[0]
+        return self.engine.run(images)
 
     def prepare(self, data: bytes) -> np.ndarray:
         """Encoded image bytes -> (1, S, S, 3) uint8, resized as the package states (PIL bilinear, RGB)."""

@@ -37,7 +37,7 @@ class ModelHolder:
         if version is None or version == self._loaded:
             return
         try:
-            model = EdgeModel(self.store.versions / version, version)
+            model = EdgeModel(self.store.versions / version, version, engine_cache=self.store.engines)
         except Exception as err:  # keep serving what we have
             log.error("cannot load v%s: %s", version, err)
             self._loaded = version

@@ -6,6 +6,7 @@ Layout::
     STATE/current               symlink -> versions/<version>: what serves
     STATE/previous              symlink -> the version served before (local rollback)
     STATE/tmp/                  downloads in progress (same file system, so renames are atomic)
+    STATE/engines/              TensorRT engines built here, keyed by ONNX, precision, TensorRT version, GPU
     STATE/rejected.json         versions this device will not install (failed its checks, or rolled back)
 
 Every change is write-then-rename: a package is downloaded into ``tmp/``, fsynced, renamed into
@@ -52,6 +53,7 @@ class Store:
         self.tmp = self.root / "tmp"
         self.versions.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
+        self.engines = self.root / "engines"
         self.rejected_file = self.root / "rejected.json"
 
     @contextmanager

@@ -2,10 +2,12 @@
 
 State lives in the registry, where devices read it: the aliases ``fleet-<name>`` (what the fleet runs)
 and ``fleet-<name>-next`` (the version being rolled out), and the registered model's tag
-``fleet.<name>.rollout`` (``{"version", "from", "stage", "percent", "started_at", "stage_started_at",
-"rules"}``). A device in the current stage (``vitforge_edge.agent.bucket(fleet, id) < percent``) follows
+``fleet.<name>.rollout`` (``{"version", "from", "stage", "stage_id", "percent", "started_at",
+"stage_started_at", "rules"}``). A device in the current stage (``vitforge_edge.agent.bucket(fleet, id) < percent``) follows
 ``-next``; the others keep ``fleet-<name>``. Devices report every poll as a run in the experiment
-``fleet-<name>``; ``evaluate`` reads those reports and advances, finishes or aborts.
+``fleet-<name>``; ``evaluate`` reads those reports and advances, finishes or aborts. A report counts for
+a stage when it carries that stage's ``stage_id`` (the agent copies it from the tag it acted on), never
+by its time: a device clock that runs behind or ahead of the server's neither delays nor fakes a stage.
 
 Every move (start, advance, abort, finish, rollback) is also a run in that experiment, tagged ``move``,
 with from, to, why and the figures behind it: MLflow keeps no alias history, so we do. The run opens
@@ -37,6 +39,11 @@ def bucket(fleet: str, device_id: str) -> int:
     import hashlib
 
     return int(hashlib.sha256(f"{fleet}/{device_id}".encode()).hexdigest()[:8], 16) % 100
+
+
+def stage_id(version: str, started_at: float, stage: int) -> str:
+    """Names one stage of one rollout; devices echo it in their reports (tag ``rollout_stage``)."""
+    return f"v{version}@{started_at:.3f}/{stage}"
 
 
 def _tag(fleet: Fleet) -> str:
@@ -110,8 +117,9 @@ def promote(fleet: Fleet) -> dict[str, Any]:
     if candidate == current:
         raise RolloutError(f"fleet {fleet.name}: version {candidate} already runs on the fleet")
     now = time.time()
-    state = {"version": candidate, "from": current, "stage": 0, "percent": fleet.stages[0].percent,
-             "started_at": now, "stage_started_at": now, "rules": fleet.agent_rules()}
+    state = {"version": candidate, "from": current, "stage": 0, "stage_id": stage_id(candidate, now, 0),
+             "percent": fleet.stages[0].percent, "started_at": now, "stage_started_at": now,
+             "rules": fleet.agent_rules()}
     with _Move(fleet, "start", current, candidate, f"promote {alias('candidate', fleet.target)}"):
         client.set_registered_model_alias(fleet.model, f"fleet-{fleet.name}-next", candidate)
         client.set_registered_model_tag(fleet.model, _tag(fleet), json.dumps(state))
@@ -144,8 +152,9 @@ class StageHealth:
         return asdict(self)
 
 
-def device_reports(fleet: Fleet, since: float = 0.0) -> dict[str, dict[str, Any]]:
-    """The newest report of every device that has reported to the fleet since ``since`` (epoch s)."""
+def device_reports(fleet: Fleet) -> dict[str, dict[str, Any]]:
+    """The newest report of every device that has reported to the fleet (by the device's own clock, which
+    orders one device's reports; ``time`` is only shown, never compared with the server's)."""
     client = _client()
     exp = _experiment(fleet)
     runs = client.search_runs([exp], filter_string="tags.device_id LIKE '%'", order_by=["attribute.start_time DESC"],
@@ -153,14 +162,15 @@ def device_reports(fleet: Fleet, since: float = 0.0) -> dict[str, dict[str, Any]
     latest: dict[str, dict[str, Any]] = {}
     for r in runs:
         dev = r.data.tags["device_id"]
-        if dev not in latest and r.info.start_time >= since * 1000:
+        if dev not in latest:
             latest[dev] = {**r.data.tags, **r.data.metrics, "time": r.info.start_time / 1000}
     return latest
 
 
 def stage_health(fleet: Fleet, state: dict[str, Any]) -> StageHealth:
-    known = sorted(device_reports(fleet))
-    recent = device_reports(fleet, since=state["stage_started_at"])
+    latest = device_reports(fleet)
+    known = sorted(latest)
+    recent = {d: r for d, r in latest.items() if r.get("rollout_stage") == state["stage_id"]}
     devices = [d for d in known if bucket(fleet.name, d) < state["percent"]]
     healthy, failed, waiting = [], [], []
     for d in devices:
@@ -204,7 +214,7 @@ def evaluate(fleet: Fleet, now: float | None = None) -> tuple[str, dict[str, Any
             client.delete_registered_model_alias(fleet.model, f"fleet-{fleet.name}-next")
         return "finish", details
     nxt = {**state, "stage": state["stage"] + 1, "percent": fleet.stages[state["stage"] + 1].percent,
-           "stage_started_at": now}
+           "stage_id": stage_id(state["version"], state["started_at"], state["stage"] + 1), "stage_started_at": now}
     with _Move(fleet, "advance", state["from"], state["version"],
                f"stage {state['stage'] + 1} healthy; to {nxt['percent']} %", health.figures):
         client.set_registered_model_tag(fleet.model, _tag(fleet), json.dumps(nxt))
