@@ -6,9 +6,7 @@ MLflow's REST API on a server this module starts. Agents run as separate process
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,71 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, make_project, set_params
+from conftest import EDGE_MODEL, make_project, register, set_params
 from PIL import Image
 from vitforge_edge.agent import EDGE_FILES, bucket
 from vitforge_edge.model import EdgeModel
 from vitforge_edge.store import Store
 
 import mlflow
-from pipeline.export.onnx import export_onnx
-from pipeline.export.package import build_package
-from pipeline.finetune.train import finetune, load_model
-from pipeline.loopback import free_port, start_mlflow_server, stop_group, wait_http
-from pipeline.models.supernet import SearchSpace
-from pipeline.nas.supernet_train import train_supernet
-from pipeline.registry.mlflow_registry import register_package, version_tags
-from pipeline.targets import Target
+from pipeline.loopback import free_port, stop_group, wait_http
 from pipeline.weights import sha256_file
 
-MODEL = "edge-digits"
+MODEL = EDGE_MODEL
 FLEET = "lab"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``mlflow server`` on loopback, its own store and proxied artifacts; stopped by process group."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    proc, uri = start_mlflow_server(root)
-    try:
-        yield uri, root / "artifacts"
-    finally:
-        stop_group(proc)
-
-
-def target(budget_ms: float) -> Target:
-    return Target(name="cpu-ort-fp32", description="test", runtime="onnxruntime", device="cpu", precision="fp32",
-                  threads=1, batch_size=1, latency_budget_ms=budget_ms)
-
-
-@pytest.fixture(scope="module")
-def packages(tmp_path_factory, digits_dataset):
-    """Package folders: good (twice), over budget on any device, and exported with the wrong normalization."""
-    root = make_project(tmp_path_factory.mktemp("edge") / "project")
-    params = set_params(root, **TINY)
-    sn = train_supernet(digits_dataset, root / "sn", params, backbone=None, overrides={"epochs": 2})
-    arch = SearchSpace.from_params(params["space"]).largest()
-    ft = finetune(digits_dataset, root / "ft", params, sn.weights, arch, overrides={"epochs": 4})
-    pkgs = {name: build_package(ft.weights, digits_dataset, root / name, target(budget), params)
-            for name, budget in (("good", 50.0), ("good2", 50.0), ("slow", 1e-6))}
-    # the same weights exported with another mean/std: every hash matches, the outputs do not
-    bad = root / "wrongnorm"
-    shutil.copytree(pkgs["good"].folder, bad)
-    model, _ = load_model(ft.weights)
-    export_onnx(model, bad / "model.onnx", input_size=arch.img_size, mean=[0.5] * 3, std=[8.0] * 3)
-    files = {f.name: sha256_file(f) for f in sorted(bad.iterdir()) if f.is_file() and f.name != "package.json"}
-    pkgs["wrongnorm"] = dataclasses.replace(pkgs["good"], folder=bad, onnx=bad / "model.onnx", files_sha256=files)
-    return pkgs
-
-
-def register(uri: str, pkg) -> str:
-    """Register ``pkg`` on the server as the pipeline does; returns the version."""
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("edge-test")
-    with mlflow.start_run():
-        tags = version_tags(pkg, dataset_version="d", git_sha="g", dagster_run_id="r", params={}, test_top1=0.5,
-                            latency_mape=None)
-        return register_package(pkg, MODEL, tags)
 
 
 def point(uri: str, alias: str, version: str | None) -> None:

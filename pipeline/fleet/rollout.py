@@ -3,11 +3,12 @@
 State lives in the registry, where devices read it: the aliases ``fleet-<name>`` (what the fleet runs)
 and ``fleet-<name>-next`` (the version being rolled out), and the registered model's tag
 ``fleet.<name>.rollout`` (``{"version", "from", "stage", "stage_id", "percent", "started_at",
-"stage_started_at", "rules"}``). A device in the current stage (``vitforge_edge.agent.bucket(fleet, id) < percent``) follows
-``-next``; the others keep ``fleet-<name>``. Devices report every poll as a run in the experiment
-``fleet-<name>``; ``evaluate`` reads those reports and advances, finishes or aborts. A report counts for
-a stage when it carries that stage's ``stage_id`` (the agent copies it from the tag it acted on), never
-by its time: a device clock that runs behind or ahead of the server's neither delays nor fakes a stage.
+"stage_started_at", "rules"}``). A device in the current stage
+(``vitforge_edge.agent.bucket(fleet, id) < percent``) follows ``-next``; the others keep ``fleet-<name>``.
+Devices report every poll as a run in the experiment ``fleet-<name>``; ``evaluate`` reads those reports
+and advances, finishes or aborts. A report counts for a stage when it carries that stage's ``stage_id``
+(the agent copies it from the tag it acted on), never by its time: a device clock that runs behind or
+ahead of the server's neither delays nor fakes a stage.
 
 Every move (start, advance, abort, finish, rollback) is also a run in that experiment, tagged ``move``,
 with from, to, why and the figures behind it: MLflow keeps no alias history, so we do. The run opens
