@@ -1,23 +1,20 @@
 """Asset ``dataset``: the validated, split, DVC-versioned customer data."""
 
 
-from typing import Literal
-
 from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from assets.metadata import artifact, mlflow_run
 from assets.resources import MlflowTracking, ProjectResource
-from pipeline.params import section
 from pipeline.stages.dataset import run_dataset
-
-_P = section("dataset")
 
 
 class DatasetConfig(Config):
-    data: str = Field(default=_P["data"], description="dataset folder, or builtin:digits")
-    format: Literal["imagefolder", "coco"] = _P["format"]
-    skip_invalid: bool = Field(default=_P["skip_invalid"], description="drop bad files instead of failing")
+    """Unset fields take the project's params.yaml ``dataset:`` values at run time, as ``dvc repro`` does."""
+
+    data: str | None = Field(default=None, description="dataset folder, or builtin:digits (default: params.yaml)")
+    format: str | None = Field(default=None, description="imagefolder or coco (default: params.yaml)")
+    skip_invalid: bool | None = Field(default=None, description="drop bad files instead of failing")
     unlabeled: str | None = Field(default=None, description="a folder of images without labels, seen only by MAE")
 
 
@@ -26,14 +23,18 @@ def dataset(
     context: AssetExecutionContext, config: DatasetConfig, project: ProjectResource, mlflow: MlflowTracking
 ) -> Output[dict]:
     tracker = mlflow.tracker()
-    res = run_dataset(project.path, project.params(), tracker, data=config.data, fmt=config.format,
-                      skip_invalid=config.skip_invalid, unlabeled=config.unlabeled,
+    params = project.params()
+    p = params["dataset"]
+    res = run_dataset(project.path, params, tracker, data=config.data or p["data"], fmt=config.format or p["format"],
+                      skip_invalid=p["skip_invalid"] if config.skip_invalid is None else config.skip_invalid,
+                      unlabeled=config.unlabeled,
                       tags={"dagster_run_id": context.run_id})
     context.log.info(f"dataset version {res.version}: {res.num_images} images, {res.counts}")
     return Output(
         res.to_dict(),
         metadata={
             "dataset_version": res.version,
+            "source_hash": res.source_hash,  # what data_change_sensor compares the folder with
             "images": res.num_images,
             "unlabeled_images": res.unlabeled,
             "native_size": MetadataValue.json(res.native_size),

@@ -9,8 +9,8 @@ from assets.checks import check_dataset_valid
 from assets.dataset import dataset
 from assets.fleets import fleet_candidate_sensor, fleet_progress_sensor, fleet_rollout
 from assets.resources import MlflowTracking, ProjectResource
-from assets.schedules import retrain_job, weekly_retrain
-from assets.sensors import targets_sensor
+from assets.schedules import retrain_job, retrain_targets_sensor, ship_job, weekly_retrain
+from assets.sensors import data_change_sensor, targets_sensor
 from assets.shipping import edge_package, model
 from assets.training import pretrained_backbone, supernet
 
@@ -29,11 +29,19 @@ RESOURCES = {
     },
 }
 
-defs = Definitions(
-    assets=[dataset, pretrained_backbone, supernet, architecture, model, edge_package],
-    sensors=[targets_sensor, fleet_candidate_sensor, fleet_progress_sensor],
-    jobs=[retrain_job, fleet_rollout],
-    schedules=[weekly_retrain],
-    asset_checks=[check_dataset_valid],
-    resources=RESOURCES[os.environ.get("VITFORGE_DEPLOYMENT", "local")],
-)
+
+
+def definitions(resources: dict) -> Definitions:
+    """The code location with ``resources``: a deployment's from RESOURCES, or a test's own."""
+    return Definitions(
+        assets=[dataset, pretrained_backbone, supernet, architecture, model, edge_package],
+        sensors=[targets_sensor, data_change_sensor, retrain_targets_sensor, fleet_candidate_sensor,
+                 fleet_progress_sensor],
+        jobs=[retrain_job, ship_job, fleet_rollout],
+        schedules=[weekly_retrain],
+        asset_checks=[check_dataset_valid],
+        resources=resources,
+    )
+
+
+defs = definitions(RESOURCES[os.environ.get("VITFORGE_DEPLOYMENT", "local")])

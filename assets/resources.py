@@ -6,10 +6,8 @@ from typing import Any
 
 from dagster import ConfigurableResource
 
-from pipeline.params import load_params, project_root, section
+from pipeline.params import load_params, project_root
 from pipeline.tracking import Tracker, absolute_tracking_uri
-
-_MLFLOW = section("mlflow")
 
 
 class ProjectResource(ConfigurableResource):
@@ -26,15 +24,18 @@ class ProjectResource(ConfigurableResource):
 
 
 class MlflowTracking(ConfigurableResource):
-    """MLflow tracking and registry; the embedded SQLite store by default, a server URI in prod."""
+    """MLflow tracking and registry; the embedded SQLite store by default, a server URI in prod.
+    Unset fields take the project's params.yaml ``mlflow:`` values when a tracker is made."""
 
     project: ProjectResource
-    tracking_uri: str = _MLFLOW["tracking_uri"]
-    experiment: str = _MLFLOW["experiment"]
-    artifact_root: str = _MLFLOW["artifact_root"]
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    artifact_root: str | None = None
 
     def tracker(self) -> Tracker:
         root = self.project.path
-        artifacts = Path(self.artifact_root)
-        return Tracker(absolute_tracking_uri(self.tracking_uri, root), self.experiment,
-                       artifacts if artifacts.is_absolute() else root / artifacts)
+        p = self.project.params()["mlflow"]
+        artifacts = Path(self.artifact_root or p["artifact_root"])
+        artifacts = artifacts if artifacts.is_absolute() else root / artifacts
+        uri = absolute_tracking_uri(self.tracking_uri or p["tracking_uri"], root)
+        return Tracker(uri, self.experiment or p["experiment"], artifacts)

@@ -14,18 +14,17 @@ from pydantic import Field
 from assets.metadata import artifact, mlflow_run
 from assets.partitions import targets_partitions
 from assets.resources import MlflowTracking, ProjectResource
-from pipeline.params import section
 from pipeline.stages.finetune import run_finetune
 from pipeline.stages.package import run_package
-
-_FT = section("finetune")
 
 GATES = ["check_edge_package_parity", "check_edge_package_latency_budget", "check_edge_package_accuracy_vs_champion"]
 
 
 class ModelConfig(Config):
-    epochs: int = Field(default=_FT["epochs"], description="passes over the train split")
-    lr: float = _FT["lr"]
+    """Unset fields take params.yaml ``finetune:`` at run time."""
+
+    epochs: int | None = Field(default=None, description="passes over the train split (default: params.yaml)")
+    lr: float | None = None
     resume: bool = Field(default=False, description="continue from the last checkpoint")
 
 

@@ -5,25 +5,25 @@ from pydantic import Field
 
 from assets.metadata import artifact, mlflow_run
 from assets.resources import MlflowTracking, ProjectResource
-from pipeline.params import section
 from pipeline.stages.pretrain import run_pretrain
 from pipeline.stages.supernet import run_supernet
 
-_PRE = section("pretrain")
-_SUP = section("supernet")
-
 
 class PretrainConfig(Config):
-    epochs: int = Field(default=_PRE["epochs"], description="passes over every image")
-    time_budget_s: float | None = Field(default=_PRE["time_budget_s"], description="seconds; steps fit it")
-    lr: float = _PRE["lr"]
+    """Unset fields take params.yaml ``pretrain:`` at run time, so a materialization trains what dvc repro does."""
+
+    epochs: int | None = Field(default=None, description="passes over every image (default: params.yaml)")
+    time_budget_s: float | None = Field(default=None, description="seconds; steps fit it (default: params.yaml)")
+    lr: float | None = None
     resume: bool = Field(default=False, description="continue from the last checkpoint")
 
 
 class SupernetConfig(Config):
-    epochs: int = Field(default=_SUP["epochs"], description="passes over the train split")
-    time_budget_s: float | None = Field(default=_SUP["time_budget_s"], description="seconds; steps fit it")
-    lr: float = _SUP["lr"]
+    """Unset fields take params.yaml ``supernet:`` at run time."""
+
+    epochs: int | None = Field(default=None, description="passes over the train split (default: params.yaml)")
+    time_budget_s: float | None = Field(default=None, description="seconds; steps fit it (default: params.yaml)")
+    lr: float | None = None
     resume: bool = Field(default=False, description="continue from the last checkpoint")
 
 

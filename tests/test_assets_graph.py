@@ -1,19 +1,24 @@
-"""The Dagster graph: the targets sensor, and a new target materialized end to end (tiny config)."""
+"""The Dagster graph: the targets sensor, and the weekly retraining through to a candidate (tiny config)."""
 
 from __future__ import annotations
 
 import shutil
 
 from conftest import set_params
-from dagster import DagsterInstance, FilesystemIOManager, build_sensor_context, materialize
+from dagster import (
+    DagsterInstance,
+    FilesystemIOManager,
+    build_run_status_sensor_context,
+    build_schedule_context,
+    build_sensor_context,
+)
 
-from assets.architecture import architecture
-from assets.dataset import dataset
+from assets.definitions import definitions
 from assets.partitions import targets_partitions
 from assets.resources import MlflowTracking, ProjectResource
+from assets.schedules import retrain_targets_sensor, weekly_retrain
 from assets.sensors import targets_sensor
-from assets.shipping import edge_package, model
-from assets.training import pretrained_backbone, supernet
+from pipeline.data.fingerprint import content_hash
 from pipeline.params import PACKAGE_ROOT
 
 
@@ -43,26 +48,35 @@ def test_sensor_adds_and_removes_target_partitions(project):
         assert instance.get_dynamic_partitions("targets") == ["cpu-ort-fp32"]
 
 
-def test_new_target_file_to_materialized_architecture(tiny_project, digits_dir):
-    """Add a YAML file, run the sensor, materialize: the whole graph on a tiny config, to a registered candidate."""
+def test_weekly_retrain_ends_in_a_candidate_for_every_target_measurable_here(tiny_project, digits_dir):
+    """A new target file, the schedule's tick, then the jobs the sensors start: the whole chain on a tiny
+    config, to a registered candidate. A TensorRT target (not measurable here) is not retrained."""
     # Sub-millisecond tiny subnets time noisily: the MAPE gate (tested in test_latency_model) is relaxed here.
-    set_params(tiny_project, latency__max_mape=1.0)
+    set_params(tiny_project, latency__max_mape=1.0, dataset__data=str(digits_dir))
     folder = tiny_project / "infra" / "targets"
     folder.mkdir(parents=True)
     (folder / "edge-box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\nthreads: 1\n"
                                           "batch_size: 1\nlatency_budget_ms: 50\n")
+    shutil.copy(PACKAGE_ROOT / "infra/targets/orin-trt-fp16.yaml", folder)
     proj = ProjectResource(root=str(tiny_project))
     resources = {"project": proj, "mlflow": MlflowTracking(project=proj),
                  "io_manager": FilesystemIOManager(base_dir=str(tiny_project / ".dagster"))}
-    run_config = {"ops": {"dataset": {"config": {"data": str(digits_dir)}}}}
-    graph = [dataset, pretrained_backbone, supernet, architecture, model, edge_package]
+    defs = definitions(resources)
     with DagsterInstance.ephemeral() as instance:
         run_sensor(instance, tiny_project)
-        assert instance.get_dynamic_partitions(targets_partitions.name) == ["edge-box"]
-        base = materialize(graph[:3], resources=resources, instance=instance, run_config=run_config)
-        assert base.success
-        result = materialize(graph, selection=graph[3:], partition_key="edge-box", resources=resources,
-                             instance=instance)
+        assert sorted(instance.get_dynamic_partitions(targets_partitions.name)) == ["edge-box", "orin-trt-fp16"]
+        with build_schedule_context(instance=instance) as ctx:
+            [tick] = weekly_retrain.evaluate_tick(ctx).run_requests
+        retrain = defs.resolve_job_def("retrain").execute_in_process(instance=instance, run_config=tick.run_config)
+        assert retrain.success
+        assert retrain.output_for_node("dataset")["source_hash"] == content_hash(digits_dir)  # params' data
+        with build_run_status_sensor_context(
+                sensor_name="retrain_targets_sensor", dagster_instance=instance, dagster_run=retrain.dagster_run,
+                dagster_event=retrain.get_run_success_event(), resources={"project": proj}) as ctx:
+            requests = retrain_targets_sensor(ctx)
+        assert [r.partition_key for r in requests] == ["edge-box"]  # TensorRT cannot be measured here
+        ship = defs.resolve_job_def("ship_target")
+        result = ship.execute_in_process(instance=instance, partition_key=requests[0].partition_key)
         assert result.success
         arch = result.output_for_node("architecture")
         assert arch["target"] == "edge-box" and arch["measured_p50_ms"] <= 50

@@ -16,6 +16,7 @@ from typing import Any
 from pipeline import plots
 from pipeline.data import build_manifest, read_dataset
 from pipeline.data.demo import write_digits
+from pipeline.data.fingerprint import content_hash
 from pipeline.data.manifest import UNLABELED
 from pipeline.data.readers import read_unlabeled
 from pipeline.data.versioning import dvc_add_and_push, replace_dir
@@ -42,15 +43,21 @@ class DatasetResult:
     histogram_uri: str
     unlabeled: int  # images under unlabeled/: MAE pre-training only
     native_size: list[int] | None  # [median width, median height] of the labelled images
+    source_hash: str = ""  # content hash of the source folder (pipeline.data.fingerprint): the data sensor's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def source_folder(data: str, root: Path) -> Path:
+    """Where ``dataset.data`` lives: a path (relative ones from the root), or data/raw/digits for the digits."""
+    return root / "data" / "raw" / "digits" if data == BUILTIN_DIGITS else resolve(data, root)
+
+
 def resolve_source(data: str, root: Path, image_size: int) -> Path:
     """A data path, or ``builtin:digits`` (written once to data/raw/digits)."""
     if data == BUILTIN_DIGITS:
-        dest = root / "data" / "raw" / "digits"
+        dest = source_folder(data, root)
         if not dest.exists():
             staged = dest.with_name("digits.staged")
             shutil.rmtree(staged, ignore_errors=True)
@@ -84,6 +91,7 @@ def run_dataset(
     src = resolve_source(data, root, p["demo_image_size"])
     # Everything that can fail on bad input happens before the tracked folder is touched.
     raw = read_dataset(src, fmt, skip_invalid=skip_invalid)
+    source_hash = content_hash(src)
     unl_src = resolve(unlabeled, root) if unlabeled else None
     raw_unl = read_unlabeled(unl_src, skip_invalid=skip_invalid) if unl_src else None
     manifest = build_manifest(raw, val_fraction(p, len(raw.samples)), p["test_fraction"], raw_unl)
@@ -107,7 +115,7 @@ def run_dataset(
 
     counts = manifest.counts()
     hist = manifest.class_histogram()
-    with tracker.run("dataset", {"dataset_version": version, **(tags or {})}) as run:
+    with tracker.run("dataset", {"dataset_version": version, "source_hash": source_hash, **(tags or {})}) as run:
         import mlflow
 
         mlflow.log_params({"data": data, "format": fmt, "skip_invalid": skip_invalid,
@@ -124,4 +132,4 @@ def run_dataset(
              n_unlabeled, manifest.native_size)
     return DatasetResult(version, str(target), str(target / "manifest.json"), manifest.format, manifest.classes,
                          counts, hist, len(labelled), manifest.skipped, run_id, hist_uri,
-                         unlabeled=n_unlabeled, native_size=manifest.native_size)
+                         unlabeled=n_unlabeled, native_size=manifest.native_size, source_hash=source_hash)
