@@ -13,6 +13,7 @@ from dagster import (
 from assets.metadata import artifact, mlflow_run
 from assets.partitions import targets_partitions
 from assets.resources import MlflowTracking, ProjectResource
+from pipeline.paths import paths
 from pipeline.stages.search import run_search
 
 
@@ -37,7 +38,7 @@ def architecture(context: AssetExecutionContext, config: ArchitectureConfig, dat
     target = context.partition_key
     params = project.params()
     if config.refit_latency_model:
-        (project.path / params["latency"]["out_dir"] / f"{target}.json").unlink(missing_ok=True)
+        paths(project.path, params).latency_model(target).unlink(missing_ok=True)
     tracker = mlflow.tracker()
     res = run_search(project.path, params, tracker, dataset, supernet["weights"], target,
                      tags={"dagster_run_id": context.run_id})

@@ -20,7 +20,8 @@ from pipeline.export.package import check_parity
 from pipeline.export.quantize import quantize_int8
 from pipeline.finetune.train import load_model
 from pipeline.models.supernet import Arch, SearchSpace, arch_flops
-from pipeline.params import load_params, project_root, resolve
+from pipeline.params import load_params, project_root
+from pipeline.paths import paths
 from pipeline.stages.search import resolve_target
 from pipeline.targets.latency import measure_latency
 
@@ -33,13 +34,13 @@ def main() -> None:
     root = (args.root or project_root()).resolve()
     params = load_params(root)
     target, _ = resolve_target(root, params, args.target)
-    ft = json.loads((resolve(params["finetune"]["out_dir"], root) / args.target / "result.json").read_text())
+    ft = json.loads(paths(root, params).finetune_result(args.target).read_text())
     model, meta = load_model(Path(ft["weights"]))
     arch = Arch(**meta["arch"])
     space = SearchSpace.from_params(meta["space"], num_classes=len(meta["classes"]))
     flops = arch_flops(arch, space)
     size, p = arch.img_size, params["export"]
-    data = resolve(params["dataset"]["tracked_dir"], root)
+    data = paths(root, params).dataset()
     test_x, test_y = load_split(data, "test", size)
     images = test_x.permute(0, 2, 3, 1).contiguous().numpy()
     edge = EdgeModel(model, meta["mean"], meta["std"]).eval()

@@ -13,6 +13,7 @@ from pipeline.models.supernet import Arch, SearchSpace
 from pipeline.nas.latency_model import fit_latency_model
 from pipeline.nas.space_fit import resolve_space
 from pipeline.params import load_params, project_root, resolve
+from pipeline.paths import paths
 from pipeline.targets import list_targets, load_target
 
 
@@ -27,7 +28,7 @@ def main() -> None:
     path = list_targets(resolve(params["targets_dir"], project_root()))[args.target]
     target = load_target(path)
     # an `auto` space is fitted to the project's current dataset version, as the pretrain stage does
-    fitted = resolve_space(params, project_root(), resolve(params["dataset"]["tracked_dir"], project_root()))
+    fitted = resolve_space(params, project_root(), paths(project_root(), params).dataset())
     space = SearchSpace.from_params(fitted.space, num_classes=10)
     t0 = time.perf_counter()
     model = fit_latency_model(space, target, path, n_fit=args.fit or lp["n_fit"],

@@ -22,7 +22,8 @@ from pipeline.finetune.train import finetune
 from pipeline.models.supernet import arch_flops
 from pipeline.nas.search import kendall_tau
 from pipeline.nas.supernet_train import evaluate, load_supernet
-from pipeline.params import load_params, resolve
+from pipeline.params import load_params
+from pipeline.paths import paths
 
 
 def main() -> None:
@@ -33,8 +34,8 @@ def main() -> None:
     args = ap.parse_args()
     root = args.root.resolve()
     params = load_params(root)
-    weights = resolve(params["supernet"]["out_dir"], root) / "supernet.safetensors"
-    data = resolve(params["dataset"]["tracked_dir"], root)
+    weights = paths(root, params).supernet()
+    data = paths(root, params).dataset()
     net, _ = load_supernet(weights)
     space = net.space
     by_cost = sorted(space.all_archs(), key=lambda a: arch_flops(a, space))

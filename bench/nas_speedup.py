@@ -17,7 +17,8 @@ from pathlib import Path
 import pipeline  # noqa: F401
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
-from pipeline.params import load_params, resolve
+from pipeline.params import load_params
+from pipeline.paths import paths
 
 
 def main() -> None:
@@ -28,8 +29,8 @@ def main() -> None:
     args = ap.parse_args()
     root = args.root.resolve()
     params = load_params(root)
-    search = json.loads((resolve(params["search"]["out_dir"], root) / f"{args.target}.json").read_text())
-    data = resolve(params["dataset"]["tracked_dir"], root)
+    search = json.loads(paths(root, params).search_result(args.target).read_text())
+    data = paths(root, params).dataset()
     rows = []
     for name, key, ms in (("largest", "largest_arch", search["largest_p50_ms"]),
                           ("chosen", "arch", search["measured_p50_ms"])):

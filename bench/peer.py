@@ -39,7 +39,8 @@ from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split
 from pipeline.export.onnx import export_onnx
 from pipeline.export.package import run_engine
-from pipeline.params import PACKAGE_ROOT, resolve
+from pipeline.params import PACKAGE_ROOT
+from pipeline.paths import paths
 from pipeline.recipe import BatchAugment, Recipe
 from pipeline.targets.latency import measure_latency
 from pipeline.targets.schema import load_target
@@ -129,7 +130,7 @@ def main() -> None:
     targets.mkdir(parents=True, exist_ok=True)
     vitforge = [sys.executable, "-m", "pipeline.cli", "--root", str(root)]
     subprocess.run(vitforge + ["stage", "dataset"], check=True)
-    tracked = resolve(params["dataset"]["tracked_dir"], root)
+    tracked = paths(root, params).dataset()
     base_file = PACKAGE_ROOT / "infra" / "targets" / f"{args.base_target}.yaml"
     base = load_target(base_file)
     p = params["export"]
@@ -149,7 +150,7 @@ def main() -> None:
     rc = subprocess.run(vitforge + ["run", "--data", data, "--target", PEER_TARGET, "--time-budget", f"{args.budget}s",
                                     *extra]).returncode
     chain_s = time.perf_counter() - t0
-    pkg_result = resolve(p["out_dir"], root) / PEER_TARGET / "result.json"
+    pkg_result = paths(root, params).package_result(PEER_TARGET)
     if rc and not pkg_result.is_file():
         sys.exit(f"the chain exited with {rc} before packaging; MobileNetV3-Small: test top-1 {cnn_top1:.4f}, "
                  f"p50 {budget_ms:.3f} ms")
@@ -157,8 +158,8 @@ def main() -> None:
         print(f"the chain exited with {rc} (a gate failed); comparing the package it left", file=sys.stderr)
 
     # 5. both scored on the same test images through ONNX Runtime
-    search = json.loads((resolve(params["search"]["out_dir"], root) / f"{PEER_TARGET}.json").read_text())
-    pkg_dir = resolve(p["out_dir"], root) / PEER_TARGET
+    search = json.loads(paths(root, params).search_result(PEER_TARGET).read_text())
+    pkg_dir = paths(root, params).package_dir(PEER_TARGET)
     pkg = json.loads((pkg_dir / "result.json").read_text())
     size = search["arch"]["img_size"]
     x, y = test_images(tracked, args.test_data, size)

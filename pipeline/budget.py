@@ -15,6 +15,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from pipeline.errors import ParamsError
+
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -22,7 +24,7 @@ def parse_duration(text: str) -> float:
     """``"90s"``, ``"10m"``, ``"1.5h"`` or plain seconds -> seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
     if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"time budget {text!r}: expected a positive number with an optional unit s, m or h "
+        raise ParamsError(f"time budget {text!r}: expected a positive number with an optional unit s, m or h "
                          "(e.g. 600, 90s, 10m, 1.5h)")
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
@@ -39,7 +41,7 @@ class ChainBudget:
     def __post_init__(self) -> None:
         bad = {k: v for k, v in self.shares.items() if not isinstance(v, (int, float)) or v <= 0}
         if bad:
-            raise ValueError(f"params.yaml budget.shares: every share must be a positive number, got {bad}")
+            raise ParamsError(f"params.yaml budget.shares: every share must be a positive number, got {bad}")
 
     def remaining_s(self) -> float:
         return max(0.0, self.total_s - (time.perf_counter() - self.started))
@@ -47,7 +49,7 @@ class ChainBudget:
     def for_stage(self, name: str) -> float:
         """Seconds for ``name``: its share of the time left, among the stages not yet run."""
         if name not in self.shares:
-            raise ValueError(f"params.yaml budget.shares has no stage {name!r} (has {sorted(self.shares)})")
+            raise ParamsError(f"params.yaml budget.shares has no stage {name!r} (has {sorted(self.shares)})")
         todo = [s for s in self.shares if s not in self.spent]
         share = self.shares[name] / sum(self.shares[s] for s in todo)
         return self.remaining_s() * share

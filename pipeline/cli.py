@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from pipeline.data.errors import DatasetError
+from pipeline.errors import InputError, MissingStageError
 from pipeline.params import load_params, project_root
+from pipeline.paths import paths
 from pipeline.targets.schema import TargetError
+
+# Bad input, told in one line. DatasetError and TargetError are listed until they derive from InputError.
+INPUT_ERRORS: tuple[type[Exception], ...] = (InputError, DatasetError, TargetError)
 
 
 def _tracker(root: Path, params: dict):
@@ -76,12 +83,11 @@ def cmd_stage_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_stage_supernet(args: argparse.Namespace) -> int:
-    from pipeline.params import resolve
     from pipeline.stages.common import dataset_ref
     from pipeline.stages.supernet import run_supernet
 
     params = load_params(args.root)
-    backbone = resolve(params["pretrain"]["out_dir"], args.root) / "backbone.safetensors"
+    backbone = paths(args.root, params).backbone()
     res = run_supernet(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params),
                        str(backbone) if backbone.exists() else None, resume=args.resume,
                        overrides=_budget_override(args))
@@ -93,17 +99,16 @@ def cmd_stage_supernet(args: argparse.Namespace) -> int:
 
 
 def cmd_stage_search(args: argparse.Namespace) -> int:
-    from pipeline.params import resolve
     from pipeline.stages.common import dataset_ref
     from pipeline.stages.search import run_search
 
     params = load_params(args.root)
-    weights = resolve(params["supernet"]["out_dir"], args.root) / "supernet.safetensors"
+    weights = paths(args.root, params).supernet()
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no supernet yet; run `vitforge stage supernet` first")
+        raise MissingStageError(f"{weights}: no supernet yet; run `vitforge stage supernet` first")
     res = run_search(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), str(weights),
                      args.target, time_budget_s=getattr(args, "time_budget_s", None))
-    _write_json(resolve(params["search"]["out_dir"], args.root) / f"{args.target}.json", res.to_dict())
+    _write_json(paths(args.root, params).search_result(args.target), res.to_dict())
     print(f"target {res.target}: budget {res.budget_ms:g} ms, latency model MAPE {100 * res.latency_mape:.1f} % "
           f"(max {100 * res.latency_max_error:.1f} %)")
     print(f"chosen   {res.arch}  val top-1 {res.val_top1:.4f} ± {res.val_top1_se:.4f} ({res.val_images} images, "
@@ -127,39 +132,37 @@ def _read_json(path: Path, hint: str) -> dict:
     import json
 
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run `{hint}` first")
+        raise MissingStageError(f"{path}: missing; run `{hint}` first")
     return json.loads(path.read_text())
 
 
 def cmd_stage_finetune(args: argparse.Namespace) -> int:
-    from pipeline.params import resolve
     from pipeline.stages.common import dataset_ref
     from pipeline.stages.finetune import run_finetune
 
     params = load_params(args.root)
-    arch = _read_json(resolve(params["search"]["out_dir"], args.root) / f"{args.target}.json",
+    arch = _read_json(paths(args.root, params).search_result(args.target),
                       f"vitforge stage search --target {args.target}")
     res = run_finetune(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), arch,
                        resume=args.resume, overrides=_budget_override(args))
-    _write_json(resolve(params["finetune"]["out_dir"], args.root) / args.target / "result.json", res.to_dict())
+    _write_json(paths(args.root, params).finetune_result(args.target), res.to_dict())
     print(f"fine-tuned {res.arch} for {args.target}: test top-1 {res.test_top1:.4f} ({res.steps} steps, "
           f"{res.train_seconds:.0f} s); weights {res.weights}")
     return 0
 
 
 def cmd_stage_package(args: argparse.Namespace) -> int:
-    from pipeline.params import resolve
     from pipeline.stages.common import dataset_ref
     from pipeline.stages.package import run_package
 
     params = load_params(args.root)
-    arch = _read_json(resolve(params["search"]["out_dir"], args.root) / f"{args.target}.json",
+    arch = _read_json(paths(args.root, params).search_result(args.target),
                       f"vitforge stage search --target {args.target}")
-    model = _read_json(resolve(params["finetune"]["out_dir"], args.root) / args.target / "result.json",
+    model = _read_json(paths(args.root, params).finetune_result(args.target),
                        f"vitforge stage finetune --target {args.target}")
     res = run_package(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), model, arch,
                       args.target)
-    _write_json(resolve(params["export"]["out_dir"], args.root) / args.target / "result.json", res.to_dict())
+    _write_json(paths(args.root, params).package_result(args.target), res.to_dict())
     for gate in res.gates:
         print(f"{'PASS' if gate['passed'] else 'FAIL'}  {gate['name']}")
     lat = res.package["latency"]
@@ -242,11 +245,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(root: Path, target: str) -> None:
-    from pipeline.params import resolve
 
     params = load_params(root)
-    arch = _read_json(resolve(params["search"]["out_dir"], root) / f"{target}.json", "search")
-    pkg = _read_json(resolve(params["export"]["out_dir"], root) / target / "result.json", "package")
+    arch = _read_json(paths(root, params).search_result(target), "search")
+    pkg = _read_json(paths(root, params).package_result(target), "package")
     rows = [("dataset version", arch["dataset_version"]),
             ("target", f"{target} (budget {arch['budget_ms']:g} ms)"),
             ("arch", ", ".join(f"{k}={v}" for k, v in arch["arch"].items())),
@@ -337,26 +339,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, _frame) -> None:
+    """SIGTERM (dvc, a process manager) ends a stage as Ctrl-C does."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Input errors (``pipeline.errors.InputError`` and dvc's) are one line and exit 2; Ctrl-C or SIGTERM is
+    one line and exit 130, with the stage's MLflow run marked KILLED; anything else is a bug: traceback, exit 1."""
     args = build_parser().parse_args(argv)
     args.root = (args.root or project_root()).resolve()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from dvc.exceptions import DvcException
 
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
-    except DvcException as err:
-        if args.verbose:
-            raise
-        print(f"error: dvc: {err}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        why = f" ({err.args[0]})" if err.args else ""
+        print(f"interrupted{why}: the stage stopped; its MLflow run is marked KILLED, and what it had "
+              "committed (checkpoints, versions, registered models) is kept as it was", file=sys.stderr)
+        return 130
+    except (DvcException, *INPUT_ERRORS) as err:
+        if args.verbose:  # the full traceback, for whoever debugs vitforge itself; still an input error
+            traceback.print_exc()
+        prefix = "dvc: " if isinstance(err, DvcException) else ""
+        print(f"error: {prefix}{err}", file=sys.stderr)
         return 2
-    except (DatasetError, TargetError, ValueError, KeyError, FileNotFoundError) as err:
-        if args.verbose:  # the full traceback, for whoever debugs vitforge itself
-            raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from pipeline.errors import MissingStageError
 from pipeline.params import load_params
 
 
@@ -30,7 +31,7 @@ def _fleet(args: argparse.Namespace):
     folder = resolve(params["fleets_dir"], args.root)
     files = list_fleets(folder)
     if args.fleet not in files:
-        raise FileNotFoundError(f"unknown fleet {args.fleet!r}: no {folder / (args.fleet + '.yaml')} "
+        raise MissingStageError(f"unknown fleet {args.fleet!r}: no {folder / (args.fleet + '.yaml')} "
                                 f"(known: {sorted(files)})")
     import mlflow
 

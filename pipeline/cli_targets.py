@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.params import load_params
+from pipeline.paths import paths
 
 
 def cmd_targets_list(args: argparse.Namespace) -> int:
@@ -25,7 +26,7 @@ def cmd_targets_list(args: argparse.Namespace) -> int:
     params = load_params(args.root)
     if needs_fit(params["space"]):
         # fitted to the images of the current dataset version (no version: "run the dataset stage first")
-        fit = resolve_space(params, args.root, resolve(params["dataset"]["tracked_dir"], args.root))
+        fit = resolve_space(params, args.root, paths(args.root, params).dataset())
         print(f"space fitted to {fit.target} ({fit.budget_ms:g} ms) and the images' native {fit.native_size} px: "
               f"patch_size {fit.space['patch_size']}, img_sizes {fit.space['img_sizes']}")
         params = {**params, "space": fit.space}

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.errors import ParamsError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,7 +30,7 @@ def _load(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         params = yaml.safe_load(f)
     if not isinstance(params, dict):
-        raise ValueError(f"{path}: expected a mapping of stage names to parameters")
+        raise ParamsError(f"{path}: expected a mapping of stage names to parameters")
     return params
 
 
@@ -44,7 +46,7 @@ def section(name: str, root: Path | None = None) -> dict[str, Any]:
     """One stage's parameters; a missing section is an error naming it."""
     params = load_params(root)
     if name not in params:
-        raise KeyError(f"params.yaml has no section {name!r}")
+        raise ParamsError(f"params.yaml has no section {name!r}")
     return params[name]
 
 
@@ -59,7 +61,7 @@ def write_params(root: Path, overrides: dict[str, Any], base: Path | None = None
         for key in parents:
             node = node[key]
         if leaf not in node:
-            raise KeyError(f"params.yaml has no {dotted!r}")
+            raise ParamsError(f"params.yaml has no {dotted!r}")
         node[leaf] = value
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")

@@ -52,14 +52,23 @@ class Tracker:
 
     @contextmanager
     def run(self, stage: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
-        """An MLflow run for ``stage``, tagged with the stage, the git SHA and ``tags``."""
+        """An MLflow run for ``stage``, tagged with the stage, the git SHA and ``tags``; it ends FINISHED,
+        FAILED on an error, or KILLED when the user interrupts it."""
         import mlflow
 
         exp_id = self._experiment_id()
         all_tags = {"vitforge.stage": stage, "git_sha": git_sha(), **(tags or {})}
-        with mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=all_tags) as run:
-            log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, self.tracking_uri)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=all_tags)
+        log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, self.tracking_uri)
+        try:
             yield run
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM through the CLI): the user stopped it, it did not fail
+            mlflow.end_run("KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        mlflow.end_run("FINISHED")
 
     def run_url(self, run_id: str) -> str:
         """Where a person finds the run: the server page, or the store plus run id."""

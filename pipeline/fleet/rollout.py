@@ -25,13 +25,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.errors import InputError
 from pipeline.fleet.schema import Fleet
 from pipeline.registry.mlflow_registry import alias
 
 HEALTHY = ("active", "serving")
 
 
-class RolloutError(ValueError):
+class RolloutError(InputError, ValueError):
     """A move that cannot be made now (no candidate, a rollout already under way, nothing to roll back)."""
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.errors import InputError
 from pipeline.specs import list_specs, load_spec
 
 
-class FleetError(ValueError):
+class FleetError(InputError, ValueError):
     pass
 
 

@@ -19,11 +19,13 @@ import torch
 from timm.layers import PatchEmbed
 from torch import nn
 
+from pipeline.errors import ParamsError
+
 
 def stem_widths(patch_size: int, width: int) -> list[int]:
     """Channel widths of the stride-2 convolutions: log2(patch_size) of them, doubling from ``width``."""
     if patch_size < 2 or patch_size & (patch_size - 1):
-        raise ValueError(f"params.yaml space: a conv stem needs a power-of-two patch_size, got {patch_size}")
+        raise ParamsError(f"params.yaml space: a conv stem needs a power-of-two patch_size, got {patch_size}")
     return [width * 2**i for i in range(patch_size.bit_length() - 1)]
 
 

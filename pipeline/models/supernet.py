@@ -32,6 +32,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.func import functional_call
 
+from pipeline.errors import ParamsError
 from pipeline.models.stem import ConvStem, stem_cost, stem_widths
 
 # ---- the search space -----------------------------------------------------------------------------
@@ -72,7 +73,7 @@ class SearchSpace:
     def from_params(cls, p: dict[str, Any], num_classes: int = 0) -> SearchSpace:
         for key in ("patch_size", "img_sizes"):
             if p.get(key) == "auto":
-                raise ValueError(f"params.yaml space.{key} is 'auto': it is fitted by the pretrain stage "
+                raise ParamsError(f"params.yaml space.{key} is 'auto': it is fitted by the pretrain stage "
                                  "(pipeline/nas/space_fit.py) and read from its weights by later stages")
         space = cls(
             patch_size=int(p["patch_size"]),
@@ -86,16 +87,16 @@ class SearchSpace:
             num_classes=num_classes,
         )
         if space.stem not in ("patch", "conv"):
-            raise ValueError(f"params.yaml space.stem: expected 'patch' or 'conv', got {space.stem!r}")
+            raise ParamsError(f"params.yaml space.stem: expected 'patch' or 'conv', got {space.stem!r}")
         if space.stem == "conv":
             stem_widths(space.patch_size, space.stem_width)  # checks the patch size suits a conv stem
         for size in space.img_sizes:
             if size % space.patch_size:
-                raise ValueError(f"params.yaml space.img_sizes: {size} is not a multiple of patch_size "
+                raise ParamsError(f"params.yaml space.img_sizes: {size} is not a multiple of patch_size "
                                  f"{space.patch_size}")
         for dim in space.embed_dims:
             if dim % space.head_dim:
-                raise ValueError(f"params.yaml space.embed_dims: {dim} is not a multiple of head_dim "
+                raise ParamsError(f"params.yaml space.embed_dims: {dim} is not a multiple of head_dim "
                                  f"{space.head_dim} (a subnet takes whole heads)")
         return space
 

@@ -1,0 +1,78 @@
+"""Where each stage's files live, defined once.
+
+The CLI, the Dagster assets, the stages, ``bench/`` and the test that holds ``dvc.yaml`` to the same paths all
+ask here. A folder comes from params.yaml (an ``out_dir``, relative to the project root); the file names inside
+it are fixed here. ``rel`` gives the form a stage records: relative to the root, so a copied project points
+at its own files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.params import resolve
+
+BACKBONE = "backbone.safetensors"  # MAE encoder (pretrain)
+SUPERNET = "supernet.safetensors"  # weight-sharing supernet
+MODEL = "model.safetensors"  # the fine-tuned subnet of a target
+RESULT = "result.json"  # what a stage returns, as the next stage and bench/ read it
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+    params: dict[str, Any]
+
+    def _dir(self, section: str, key: str = "out_dir") -> Path:
+        return resolve(self.params[section][key], self.root)
+
+    def rel(self, path: Path | str) -> str:
+        """``path`` relative to the project root when it lies inside it (as a stage records it)."""
+        p = Path(path)
+        try:
+            return p.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(p)
+
+    def dataset(self) -> Path:
+        return self._dir("dataset", "tracked_dir")
+
+    def dataset_pointer(self) -> Path:
+        folder = self.dataset()
+        return folder.with_name(folder.name + ".dvc")
+
+    def pretrain_dir(self) -> Path:
+        return self._dir("pretrain")
+
+    def backbone(self) -> Path:
+        return self.pretrain_dir() / BACKBONE
+
+    def supernet_dir(self) -> Path:
+        return self._dir("supernet")
+
+    def supernet(self) -> Path:
+        return self.supernet_dir() / SUPERNET
+
+    def latency_model(self, target: str) -> Path:
+        return self._dir("latency") / f"{target}.json"
+
+    def search_result(self, target: str) -> Path:
+        return self._dir("search") / f"{target}.json"
+
+    def finetune_dir(self, target: str) -> Path:
+        return self._dir("finetune") / target
+
+    def finetune_result(self, target: str) -> Path:
+        return self.finetune_dir(target) / RESULT
+
+    def package_dir(self, target: str) -> Path:
+        return self._dir("export") / target
+
+    def package_result(self, target: str) -> Path:
+        return self.package_dir(target) / RESULT
+
+
+def paths(root: Path, params: dict[str, Any]) -> Paths:
+    return Paths(Path(root), params)
