@@ -83,3 +83,26 @@ def test_data_change_sensor_starts_retrain_once_per_change_of_content(project, i
         assert again.run_key == changed.run_key
         (imagefolder / ".DS_Store").write_bytes(b"finder")  # hidden files are not data
         assert tick(cursor)[0].run_key == changed.run_key
+
+
+def test_bad_input_through_the_dataset_asset_names_the_file_and_versions_nothing(project, imagefolder):
+    from dagster import DagsterInstance, materialize
+
+    from pipeline.data.errors import DatasetError
+
+    res = resources(project)
+    with DagsterInstance.ephemeral() as instance:
+        first = materialize([dataset], resources=res, instance=instance,
+                            run_config={"ops": {"dataset": {"config": {"data": str(imagefolder)}}}})
+        assert first.success
+        pointer = project / "data" / "dataset.dvc"
+        before = pointer.read_text()
+        (imagefolder / "bees" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+        failed = materialize([dataset], resources=res, instance=instance, raise_on_error=False,
+                             run_config={"ops": {"dataset": {"config": {"data": str(imagefolder)}}}})
+    assert not failed.success
+    [step_failure] = [e for e in failed.all_events if e.is_step_failure]
+    error = step_failure.step_failure_data.error
+    error = error.cause or error  # Dagster wraps what the asset raised
+    assert error.cls_name == DatasetError.__name__ and "broken.png" in error.message
+    assert pointer.read_text() == before  # the version already recorded is untouched

@@ -33,3 +33,29 @@ def test_pretrained_backbone_and_supernet_assets(tiny_project, digits_dataset):
     assert any(k.startswith("val_top1.") for k in run.data.metrics)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"loss_curve.png", "val_top1.png", "val_top1_table.json", "checkpoint"} <= artifacts
+
+
+def test_a_materialization_trains_what_the_cli_trains(tmp_path, digits_dir):
+    """The same params through Dagster (Config left unset) and through `vitforge stage`: the same weights."""
+    from conftest import TINY, make_project, set_params
+    from dagster import DagsterInstance, FilesystemIOManager, materialize
+
+    from assets.dataset import dataset as dataset_asset
+    from pipeline.cli import main as vitforge
+    from pipeline.weights import weights_sha256
+
+    roots = {}
+    for side in ("cli", "dagster"):
+        roots[side] = make_project(tmp_path / side)
+        set_params(roots[side], **{**TINY, "pretrain__epochs": 2, "pretrain__lr": 2e-3})  # not the repo's schedule
+    assert vitforge(["--root", str(roots["cli"]), "stage", "dataset", "--data", str(digits_dir)]) == 0
+    assert vitforge(["--root", str(roots["cli"]), "stage", "pretrain"]) == 0
+    res = {**resources(roots["dagster"]), "io_manager": FilesystemIOManager(base_dir=str(roots["dagster"] / ".io"))}
+    with DagsterInstance.ephemeral() as instance:
+        out = materialize([dataset_asset, pretrained_backbone], resources=res, instance=instance,
+                          run_config={"ops": {"dataset": {"config": {"data": str(digits_dir)}}}})
+    assert out.success
+    cli_state, cli_meta = load_weights(roots["cli"] / "runs" / "pretrain" / "backbone.safetensors")
+    dag_state, dag_meta = load_weights(Path(out.output_for_node("pretrained_backbone")["weights"]))
+    assert cli_meta["dataset_version"] == dag_meta["dataset_version"]
+    assert weights_sha256(cli_state) == weights_sha256(dag_state)
