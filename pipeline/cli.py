@@ -108,7 +108,6 @@ def cmd_stage_search(args: argparse.Namespace) -> int:
         raise MissingStageError(f"{weights}: no supernet yet; run `vitforge stage supernet` first")
     res = run_search(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), str(weights),
                      args.target, time_budget_s=getattr(args, "time_budget_s", None))
-    _write_json(paths(args.root, params).search_result(args.target), res.to_dict())
     print(f"target {res.target}: budget {res.budget_ms:g} ms, latency model MAPE {100 * res.latency_mape:.1f} % "
           f"(max {100 * res.latency_max_error:.1f} %)")
     print(f"chosen   {res.arch}  val top-1 {res.val_top1:.4f} ± {res.val_top1_se:.4f} ({res.val_images} images, "

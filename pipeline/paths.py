@@ -76,3 +76,16 @@ class Paths:
 
 def paths(root: Path, params: dict[str, Any]) -> Paths:
     return Paths(Path(root), params)
+
+
+def write_result(path: Path, result: dict[str, Any]) -> Path:
+    """A stage's result file (tmp + rename): the stage function writes it, so a Dagster materialization
+    and ``vitforge stage`` leave the same file for the next stage and bench/ to read."""
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, path)
+    return path

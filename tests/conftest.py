@@ -44,8 +44,16 @@ def digits_dir(tmp_path_factory) -> Path:
 
 
 def make_project(root: Path) -> Path:
+    """A project root as a user has one: a git checkout whose first commit holds the repo's params.yaml
+    (registration records the commit, and refuses a tree that is not a checkout)."""
+    import subprocess
+
     root.mkdir(parents=True)
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    git = ["git", "-c", "user.name=vitforge tests", "-c", "user.email=tests@vitforge.invalid", "-C", str(root)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "params.yaml"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "project"], check=True)
     return root
 
 

@@ -13,6 +13,7 @@ from dagster import (
     build_sensor_context,
 )
 
+import mlflow
 from assets.definitions import definitions
 from assets.partitions import targets_partitions
 from assets.resources import MlflowTracking, ProjectResource
@@ -87,3 +88,19 @@ def test_weekly_retrain_ends_in_a_candidate_for_every_target_measurable_here(tin
         assert pkg["registered_version"] == "1" and pkg["candidate_alias"] == "candidate-edge-box"
         assert all(checks[name] for name in ("check_edge_package_parity", "check_edge_package_latency_budget",
                                              "check_edge_package_accuracy_vs_champion"))
+
+        # a blocking check that fails stops the assets downstream of it: no model, no package, no registration
+        (folder / "tight.yaml").write_text((folder / "edge-box.yaml").read_text())
+        run_sensor(instance, tiny_project)
+        set_params(tiny_project, latency__max_mape=0.0)  # read when the run starts: no latency model is this exact
+        failed = ship.execute_in_process(instance=instance, partition_key="tight", raise_on_error=False)
+        assert not failed.success
+        [mape] = [e for e in failed.get_asset_check_evaluations()
+                  if e.check_name == "check_architecture_latency_model_error"]
+        assert not mape.passed
+        made = {e.asset_key.to_user_string() for e in failed.get_asset_materialization_events()}
+        assert made == {"architecture"}
+        client = mlflow.MlflowClient()
+        assert "candidate-tight" not in client.get_registered_model("vitforge-digits").aliases
+        assert [v.version for v in client.search_model_versions("name = 'vitforge-digits'")] == ["1"]
+

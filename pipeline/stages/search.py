@@ -17,6 +17,7 @@ from pipeline.nas.latency_model import load_or_fit, measure_arch
 from pipeline.nas.search import SearchSettings, choose, evolutionary_search, within_noise
 from pipeline.nas.supernet_train import evaluate, load_supernet
 from pipeline.params import resolve
+from pipeline.paths import paths, write_result
 from pipeline.targets import Target, TargetError, list_targets, load_target
 from pipeline.tracking import Tracker, log_figure, log_json
 
@@ -86,7 +87,7 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
     net, _ = load_supernet(Path(supernet_weights))
     space = net.space
 
-    latency = load_or_fit(resolve(lp["out_dir"], root) / f"{target.name}.json", space, target, target_path,
+    latency = load_or_fit(paths(root, params).latency_model(target.name), space, target, target_path,
                           n_fit=lp["n_fit"], n_holdout=lp["n_holdout"], warmup=lp["warmup"], runs=lp["runs"],
                           seed=params["seed"], mean=mean, std=std)
     images, y_val = load_split(Path(dataset["tracked_dir"]), "val", space.largest().img_size)
@@ -164,13 +165,15 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         log_json(fr, "pareto_front.json")
         log_json(ev, "evaluated.json")
         log_json(tried, "measured_choices.json")
-        mlflow.log_artifact(str(resolve(lp["out_dir"], root) / f"{target.name}.json"), "latency_model")
+        mlflow.log_artifact(str(paths(root, params).latency_model(target.name)), "latency_model")
         run_id = run.info.run_id
-    return SearchStageResult(
+    result = SearchStageResult(
         target.name, chosen.arch.to_dict(), chosen.top1, standard_error(chosen.top1, n_val), n_val, finetuned,
         choice.tau, separated, gap, rerank_steps[0] if finetuned is not None else None, chosen.predicted_ms, measured,
         target.latency_budget_ms,
         latency.mape, latency.max_error, largest.to_dict(), largest_top1, largest_ms, len(evaluated), fr, tried,
-        str(resolve(lp["out_dir"], root) / f"{target.name}.json"), supernet_weights, dataset["version"], run_id,
+        str(paths(root, params).latency_model(target.name)), supernet_weights, dataset["version"], run_id,
         pareto_uri, scatter_uri)
+    write_result(paths(root, params).search_result(target.name), result.to_dict())
+    return result
 
