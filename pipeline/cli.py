@@ -109,7 +109,8 @@ def cmd_stage_search(args: argparse.Namespace) -> int:
     res = run_search(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), str(weights),
                      args.target, time_budget_s=getattr(args, "time_budget_s", None))
     print(f"target {res.target}: budget {res.budget_ms:g} ms, latency model MAPE {100 * res.latency_mape:.1f} % "
-          f"(max {100 * res.latency_max_error:.1f} %)")
+          f"(max {100 * res.latency_max_error:.1f} %, timing noise {100 * res.latency_noise:.1f} %): "
+          f"{'passed' if res.latency_passed else 'FAILED'}, {res.latency_verdict}")
     print(f"chosen   {res.arch}  val top-1 {res.val_top1:.4f} ± {res.val_top1_se:.4f} ({res.val_images} images, "
           f"inherited)  p50 {res.measured_p50_ms:.3f} ms (measured)")
     if res.finetuned_val_top1 is not None:

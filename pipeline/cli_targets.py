@@ -18,7 +18,7 @@ def cmd_targets_list(args: argparse.Namespace) -> int:
     import tempfile
 
     from pipeline.models.supernet import SearchSpace
-    from pipeline.nas.latency_model import measure_arch
+    from pipeline.nas.latency_model import ROBUST_KEYS, measure_arch
     from pipeline.nas.space_fit import concrete, needs_fit, resolve_space
     from pipeline.params import resolve
     from pipeline.targets import TargetError, list_targets, load_target
@@ -45,7 +45,8 @@ def cmd_targets_list(args: argparse.Namespace) -> int:
         fits = "-"
         if ok:
             with tempfile.TemporaryDirectory(prefix="vitforge-space-") as tmp:
-                lo, hi = (measure_arch(a, space, t, Path(tmp), warmup=lp["warmup"], runs=lp["runs"], mean=mean, std=std)
+                lo, hi = (measure_arch(a, space, t, Path(tmp), warmup=lp["warmup"], runs=lp["runs"], mean=mean, std=std,
+                                       **{k: lp[k] for k in ROBUST_KEYS})
                           for a in (space.smallest(), space.largest()))
             fastest, largest = f"{lo:.3f}", f"{hi:.3f}"
             fits = "yes" if lo <= t.latency_budget_ms / 4 and hi > t.latency_budget_ms else (

@@ -144,3 +144,61 @@ def test_targets_list_measures_the_space_on_each_target(tiny_project):
     assert 0 < fastest < largest < 100
     assert "no: largest within budget" in rows["roomy"]  # a 100 ms budget does not bind the tiny space
     assert rows["gpu"].split()[6:8] == ["-", "-"] and rows["gpu"].rstrip().endswith(")")  # not measurable here
+
+
+def trt_target(device: str) -> Target:
+    return Target(name="gpu", runtime="tensorrt", device=device, precision="fp16", threads=1, batch_size=1,
+                  latency_budget_ms=2.0)
+
+
+@pytest.fixture
+def fake_machine(monkeypatch):
+    """This machine as any other: whether tensorrt imports, the CUDA GPU's name, the board's model (None: none)."""
+    from pipeline.targets import schema
+
+    machine = {"tensorrt": True, "cuda": None, "board": None}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (object() if machine["tensorrt"] else None)
+                        if name == "tensorrt" else real_find_spec(name, *a))
+    monkeypatch.setattr(schema, "cuda_device_name", lambda: machine["cuda"], raising=False)
+    monkeypatch.setattr(schema, "board_model", lambda: machine["board"], raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: machine["cuda"] is not None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: machine["cuda"])
+    return machine
+
+
+@pytest.mark.parametrize("device, tensorrt, cuda, board, ok, why", [
+    # a Jetson target is proven on that Jetson board only, never on a datacenter card
+    ("jetson-orin", True, "NVIDIA H200", None, False, "not a Jetson board"),
+    ("jetson-orin", True, "Orin", "NVIDIA Jetson AGX Orin Developer Kit", True, "NVIDIA Jetson AGX Orin"),
+    ("jetson-orin", True, None, "NVIDIA Jetson Orin Nano Developer Kit", True, "Orin Nano"),
+    ("jetson-orin", True, "Xavier", "NVIDIA Jetson Xavier NX Developer Kit", False, "not a Jetson orin"),
+    ("jetson-agx-orin", True, None, "NVIDIA Jetson Orin Nano Developer Kit", False, "not a Jetson agx orin"),
+    ("jetson-orin", True, None, "Raspberry Pi 4 Model B Rev 1.4", False, "not a Jetson orin"),
+    ("jetson-orin", False, "Orin", "NVIDIA Jetson AGX Orin Developer Kit", False, "tensorrt is not installed"),
+    # `cuda` takes any CUDA GPU
+    ("cuda", True, "NVIDIA H200", None, True, "NVIDIA H200"),
+    ("cuda", True, None, None, False, "no CUDA device"),
+    ("cuda", False, "NVIDIA H200", None, False, "tensorrt is not installed"),
+    # a named GPU must be the CUDA device, word for word (an A100 is no A10)
+    ("t4", True, "Tesla T4", None, True, "Tesla T4"),
+    ("t4", True, "NVIDIA H200", None, False, "is not a t4"),
+    ("a10", True, "NVIDIA A100-SXM4-80GB", None, False, "is not a a10"),
+    ("rtx-4090", True, "NVIDIA GeForce RTX 4090", None, True, "RTX 4090"),
+    ("t4", True, None, None, False, "no CUDA device"),
+])
+def test_device_targets_are_measurable_only_on_that_device(fake_machine, device, tensorrt, cuda, board, ok, why):
+    fake_machine.update(tensorrt=tensorrt, cuda=cuda, board=board)
+    got, reason = trt_target(device).measurable_here()
+    assert got is ok and why in reason, reason
+
+
+def test_shipped_orin_target_is_not_proven_on_a_datacenter_gpu(fake_machine):
+    fake_machine.update(cuda="NVIDIA H200")
+    orin = load_target(PACKAGE_ROOT / "infra" / "targets" / "orin-trt-fp16.yaml")
+    assert not orin.measurable_here()[0]
+    t4 = load_target(PACKAGE_ROOT / "infra" / "targets" / "t4-trt-fp16.yaml")  # device t4: a T4, not any GPU
+    assert not t4.measurable_here()[0]
+    fake_machine.update(cuda="Tesla T4")
+    assert t4.measurable_here()[0] and not orin.measurable_here()[0]
+    assert load_target(PACKAGE_ROOT / "infra" / "targets" / "cpu-ort-fp32.yaml").measurable_here()[0]

@@ -13,7 +13,7 @@ from pipeline import plots
 from pipeline.data.tensors import load_split, normalize
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
-from pipeline.nas.latency_model import load_or_fit, measure_arch
+from pipeline.nas.latency_model import ROBUST_KEYS, load_or_fit, measure_arch
 from pipeline.nas.search import SearchSettings, choose, evolutionary_search, within_noise
 from pipeline.nas.supernet_train import evaluate, load_supernet
 from pipeline.params import resolve
@@ -42,6 +42,9 @@ class SearchStageResult:
     budget_ms: float
     latency_mape: float
     latency_max_error: float
+    latency_noise: float  # the spread of repeated timings of one arch, relative: what the MAPE is judged beside
+    latency_passed: bool  # the latency model's gate (LatencyModel.gate): MAPE within max_mape, or within the noise
+    latency_verdict: str  # and confirmed by a re-measurement
     largest_arch: dict[str, Any]
     largest_val_top1: float
     largest_p50_ms: float
@@ -87,16 +90,18 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
     net, _ = load_supernet(Path(supernet_weights))
     space = net.space
 
+    robust = {k: lp[k] for k in ROBUST_KEYS}  # the project's params, not the package's defaults
     latency = load_or_fit(paths(root, params).latency_model(target.name), space, target, target_path,
                           n_fit=lp["n_fit"], n_holdout=lp["n_holdout"], warmup=lp["warmup"], runs=lp["runs"],
-                          seed=params["seed"], mean=mean, std=std)
+                          seed=params["seed"], mean=mean, std=std, max_mape=lp["max_mape"], confirm=lp["confirm"],
+                          **robust)
     images, y_val = load_split(Path(dataset["tracked_dir"]), "val", space.largest().img_size)
     x_val = normalize(images, mean, std)
 
     def measure(arch: Arch) -> float:
         with tempfile.TemporaryDirectory(prefix="vitforge-measure-") as tmp:
             return measure_arch(arch, space, target, Path(tmp), warmup=lp["warmup"], runs=lp["runs"], mean=mean,
-                                std=std)
+                                std=std, **robust)
 
     evaluated, front = evolutionary_search(
         space, lambda a: evaluate(net, a, x_val, y_val), lambda a: latency.predict(a, space),
@@ -146,6 +151,7 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
                           | {"target": target.name, "budget_ms": target.latency_budget_ms}
                           | {f"search.{k}": v for k, v in sp.items() if k != "out_dir"})
         mlflow.log_metrics({"latency_model_mape": latency.mape, "latency_model_max_error": latency.max_error,
+                            "latency_model_noise": latency.noise, "latency_model_passed": float(latency.passed),
                             "val_top1": chosen.top1, "predicted_ms": chosen.predicted_ms, "measured_p50_ms": measured,
                             "largest_p50_ms": largest_ms, "largest_val_top1": largest_top1,
                             "speedup_vs_largest": largest_ms / measured, "evaluated_archs": len(evaluated),
@@ -171,7 +177,8 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         target.name, chosen.arch.to_dict(), chosen.top1, standard_error(chosen.top1, n_val), n_val, finetuned,
         choice.tau, separated, gap, rerank_steps[0] if finetuned is not None else None, chosen.predicted_ms, measured,
         target.latency_budget_ms,
-        latency.mape, latency.max_error, largest.to_dict(), largest_top1, largest_ms, len(evaluated), fr, tried,
+        latency.mape, latency.max_error, latency.noise, latency.passed, latency.verdict, largest.to_dict(),
+        largest_top1, largest_ms, len(evaluated), fr, tried,
         str(paths(root, params).latency_model(target.name)), supernet_weights, dataset["version"], run_id,
         pareto_uri, scatter_uri)
     write_result(paths(root, params).search_result(target.name), result.to_dict())
