@@ -14,14 +14,13 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline.data.errors import DatasetError
 from pipeline.errors import InputError, MissingStageError
 from pipeline.params import load_params, project_root
 from pipeline.paths import paths
 from pipeline.targets.schema import TargetError
 
-# Bad input, told in one line. DatasetError and TargetError are listed until they derive from InputError.
-INPUT_ERRORS: tuple[type[Exception], ...] = (InputError, DatasetError, TargetError)
+# Bad input, told in one line. TargetError is listed until it derives from InputError.
+INPUT_ERRORS: tuple[type[Exception], ...] = (InputError, TargetError)
 
 
 def _tracker(root: Path, params: dict):

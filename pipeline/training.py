@@ -34,11 +34,49 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.errors import InputError, ParamsError
+
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class CheckpointError(InputError, ValueError):
+    """A checkpoint or weights file that cannot be used (missing, unreadable, or not fitting the model it is
+    loaded into). ``str(err)`` is one line naming the file."""
+
+
+class ResumeError(CheckpointError):
+    """``--resume`` against a checkpoint of another run (config, arch, space, dataset version), or one with no
+    step left to train. ``str(err)`` is one line naming the checkpoint and the fields that differ."""
+
+
+# Checkpoint config fields a resumed run may change: provenance of the run itself, and the time budget (a
+# resumed run keeps the step count the checkpoint fixed).
+RESUME_MAY_DIFFER = frozenset({"git_sha", "dagster_run_id", "train.time_budget_s"})
+
+
+def config_differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """``field: <checkpoint> in the checkpoint, <now> now`` for each leaf that differs (dotted names)."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        out: list[str] = []
+        for key in sorted(set(stored) | set(current), key=str):
+            name = f"{prefix}{key}"
+            if name in RESUME_MAY_DIFFER:
+                continue
+            if key not in stored or key not in current:
+                where = "now only" if key not in stored else "the checkpoint only"
+                out.append(f"{name} in {where}")
+                continue
+            out += config_differences(stored[key], current[key], f"{name}.")
+        return out
+    if isinstance(stored, (list, tuple)) and isinstance(current, (list, tuple)):
+        stored, current = list(stored), list(current)
+    if stored != current:
+        return [f"{prefix.rstrip('.')}: {stored!r} in the checkpoint, {current!r} now"]
+    return []
 
 
 @dataclass
@@ -129,8 +167,21 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
     os.replace(tmp, path)
 
 
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint does not exist") from None
+    except Exception as err:  # unpickling and zip reading raise many types; all mean "unreadable"
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({first_line(err)})") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "config", "history"} <= set(state):
+        raise CheckpointError(f"{path}: not a training checkpoint (no model, optimizer, step, config and history)")
+    return state
 
 
 @dataclass
@@ -157,7 +208,10 @@ def train(
     """Run the loop. ``step_loss(model, indices, step)`` computes the loss of one batch.
 
     ``config`` (plain JSON types) is stored in every checkpoint, so a checkpoint
-    says what it is.
+    says what it is. ``resume`` continues from ``checkpoint`` only if it was written by the same run: its
+    stored config (train settings, arch, space, dataset version, ...; not ``RESUME_MAY_DIFFER``) must equal
+    this one, else ``ResumeError`` names each field that differs. A run with no step left to train (a
+    finished checkpoint, or 0 epochs) raises instead of returning: it never reports success.
     """
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -171,9 +225,18 @@ def train(
     total = total_steps(n_samples, cfg)
     fitted = cfg.max_steps is not None or cfg.time_budget_s is None  # the step count is known up front
     start, history = 0, []
+    ckpt_config = {"train": asdict(cfg), **(config or {})}
+    resumed = False
     if resume and checkpoint is not None and checkpoint.exists():
         state = load_checkpoint(checkpoint)
-        model.load_state_dict(state["model"])
+        differ = config_differences(state["config"], ckpt_config)
+        if differ:
+            raise ResumeError(f"{checkpoint}: cannot resume, the checkpoint is of another run: " + "; ".join(differ)
+                              + " (run without --resume to start over)")
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{checkpoint}: does not fit the model ({first_line(err)})") from None
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         if ema is not None and state.get("ema") is not None:
@@ -182,11 +245,19 @@ def train(
         if not fitted and state.get("total") is not None:  # a time-budgeted run keeps the count it had fitted
             total, fitted = state["total"], True
         log.info("resumed %s from step %d of %d", checkpoint, start, total)
+        resumed = True
+    elif resume:
+        log.warning("%s: no checkpoint to resume from; training from the start", checkpoint)
+    if fitted and start >= total:
+        if resumed:
+            raise ResumeError(f"{checkpoint}: already at step {start} of {total}, nothing left to resume "
+                              "(run without --resume to train again)")
+        raise ParamsError(f"params.yaml: {desc}: 0 steps to train (epochs {cfg.epochs}, max_steps "
+                          f"{cfg.max_steps}); set epochs or max_steps above 0")
     if not fitted and cfg.time_budget_s <= 0:  # nothing left to fit: the minimum, without probing
         total, fitted = start + cfg.min_steps, True
     if not fitted:  # provisional, until the probe steps are timed
         total = max(total, cfg.min_steps, start + 1 + PROBE_STEPS)
-    ckpt_config = {"train": asdict(cfg), **(config or {})}
 
     model.train()
     t0 = time.perf_counter()
@@ -243,6 +314,8 @@ def train(
             known = not timed or step >= start + 1 + PROBE_STEPS  # not the provisional count before the first fit
             save_checkpoint(checkpoint, model, opt, step, ckpt_config, history, total if known else None, ema)
     bar.close()
+    if step <= start:  # unreachable after the checks above; a run that trained nothing must never pass as done
+        raise RuntimeError(f"{desc}: trained 0 steps (start {start}, total {total})")
     elapsed = time.perf_counter() - t0
     if timed:
         log.info("%s: %d steps in %.0f s (budget %.0f s)", desc, step - start, elapsed, cfg.time_budget_s)

@@ -10,7 +10,7 @@ import pytest
 from conftest import png
 
 import mlflow
-from pipeline.data import DatasetError
+from pipeline.data import DatasetError, load_manifest
 from pipeline.data.versioning import checkout, read_version
 from pipeline.params import load_params
 from pipeline.stages.dataset import run_dataset
@@ -33,7 +33,13 @@ def test_version_is_recorded_pushed_and_stable(project, imagefolder):
     first = stage(project, imagefolder)
     assert first.version.endswith(".dir")
     assert read_version(project / "data" / "dataset") == first.version
-    assert first.counts == {"train": 6, "val": 2, "test": 0} or sum(first.counts.values()) == 8
+    # 8 images: val_fraction is raised to max_val_fraction 0.3 (small set), test_fraction 0.1; the split is a
+    # fixed function of each relative path, so these are the exact files of each split on any machine
+    assert first.counts == {"train": 3, "val": 5, "test": 0}
+    manifest = load_manifest(project / "data" / "dataset")
+    assert {f["path"]: f["split"] for f in manifest.files} == {
+        "ants/ants_0.png": "val", "ants/ants_1.png": "train", "ants/ants_2.png": "val", "ants/ants_3.png": "val",
+        "bees/bees_0.png": "train", "bees/bees_1.png": "train", "bees/bees_2.png": "val", "bees/bees_3.png": "val"}
     remote_files = sorted(p for p in (project / ".dvc-storage").rglob("*") if p.is_file())
     assert remote_files, "dvc push sent nothing to the local remote"
 

@@ -38,8 +38,12 @@ def test_search_respects_the_budget_and_returns_a_pareto_front():
     lat = [c.predicted_ms for c in front]
     top1 = [c.top1 for c in front]
     assert lat == sorted(lat) and all(a < b for a, b in zip(top1, top1[1:], strict=False))
-    for c in evaluated:  # nothing evaluated dominates a front member
-        assert not any(o.predicted_ms <= c.predicted_ms and o.top1 > c.top1 for o in front) or c not in front
+    for c in evaluated:  # nothing evaluated dominates a front member: every evaluated arch against every member
+        for member in front:
+            dominates = (c.predicted_ms <= member.predicted_ms and c.top1 >= member.top1
+                         and (c.predicted_ms < member.predicted_ms or c.top1 > member.top1))
+            assert not dominates, (c, member)
+    assert all(any(member.arch == c.arch for c in evaluated) for member in front)  # the front is of evaluated archs
     best = max(evaluated, key=lambda c: c.top1)
     assert front[-1].top1 == best.top1
     # with a monotone accuracy, evolution climbs close to the budget

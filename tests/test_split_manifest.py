@@ -54,3 +54,39 @@ def test_small_sets_get_a_val_split_big_enough_to_rank_on():
     assert val_fraction(p, 244) == pytest.approx(60 / 244)  # hymenoptera's train/: about 60 instead of 24
     assert val_fraction(p, 100) == 0.3  # capped: training keeps most of a tiny set
     assert val_fraction(p, 0) == 0.1
+
+
+SPLIT_IN_A_PROCESS = """
+import random, sys
+from dataclasses import replace
+from pipeline.data import build_manifest, read_dataset
+raw = read_dataset(sys.argv[1])
+samples = list(raw.samples)
+random.Random(int(sys.argv[2])).shuffle(samples)  # another listing order too
+print(build_manifest(replace(raw, samples=samples), 0.3, 0.3).to_json())
+"""
+
+
+def test_split_is_the_same_in_processes_with_other_hash_seeds(tmp_path):
+    """str hashes (sets, dicts) change with PYTHONHASHSEED: the split and the duplicates' shared split must not."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "images", classes=("ants", "bees", "wasps"), per_class=12)
+    data = (root / "ants" / "ants_0.png").read_bytes()
+    for i in range(6):  # duplicates in every class: they must share one split in every process
+        for name in ("bees", "wasps"):
+            (root / name / f"dup_{i}.png").write_bytes(data)
+    here = build_manifest(read_dataset(root), 0.3, 0.3)
+    assert {f["split"] for f in here.files} == {"train", "val", "test"}
+    outputs = []
+    for seed in ("0", "1", "4242"):
+        proc = subprocess.run([sys.executable, "-c", SPLIT_IN_A_PROCESS, str(root), seed], capture_output=True,
+                              text=True, check=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": seed})
+        outputs.append(proc.stdout.strip())
+    assert outputs == [here.to_json()] * 3
+    sha = next(f["sha256"] for f in here.files if f["path"] == "ants/ants_0.png")
+    assert len({f["split"] for f in here.files if f["sha256"] == sha}) == 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.errors import InputError
 
-class DatasetError(ValueError):
+
+class DatasetError(InputError, ValueError):
     """Bad input data. ``str(err)`` is one line: ``<file>: <problem>``."""
 
     def __init__(self, path: Path | str, problem: str):

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data.errors import DatasetError
@@ -45,19 +47,23 @@ class RawDataset:
     extra_files: list[str] = field(default_factory=list)  # e.g. annotations.json, copied along
 
 
-def read_dataset(root: Path | str, fmt: str = "imagefolder", *, skip_invalid: bool = False) -> RawDataset:
+def read_dataset(root: Path | str, fmt: str = "imagefolder", *, skip_invalid: bool = False,
+                 max_pixels: int | None = None) -> RawDataset:
+    """``max_pixels`` (params.yaml ``dataset.max_pixels``): the most pixels one file may decode to; None:
+    Pillow's own decompression-bomb limit alone."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(root, "data path does not exist")
     if not root.is_dir():
         raise DatasetError(root, "data path is not a directory")
-    readers: dict[str, Callable[[Path, bool], RawDataset]] = {"imagefolder": _read_imagefolder, "coco": _read_coco}
+    readers: dict[str, Callable[[Path, bool, int | None], RawDataset]] = {"imagefolder": _read_imagefolder,
+                                                                          "coco": _read_coco}
     if fmt not in readers:
         raise DatasetError(root, f"unknown dataset format {fmt!r} (expected one of {sorted(readers)})")
-    return readers[fmt](root, skip_invalid)
+    return readers[fmt](root, skip_invalid, max_pixels)
 
 
-def read_unlabeled(root: Path | str, *, skip_invalid: bool = False) -> RawDataset:
+def read_unlabeled(root: Path | str, *, skip_invalid: bool = False, max_pixels: int | None = None) -> RawDataset:
     """Every image file below ``root`` (any tree, hidden entries ignored), each with label None.
 
     Validated exactly as labelled images are (full decode, UTF-8 names); sample paths are
@@ -72,7 +78,7 @@ def read_unlabeled(root: Path | str, *, skip_invalid: bool = False) -> RawDatase
     if not files:
         raise DatasetError(root, "unlabeled folder has no images")
     skipped: list[dict] = []
-    info = _inspect_all(files, skip_invalid, skipped)
+    info = _inspect_all(files, skip_invalid, skipped, max_pixels)
     samples = [Sample(f.relative_to(root).as_posix(), None, *info[f]) for f in files if f in info]
     if not samples:
         raise DatasetError(root, "unlabeled folder has no valid images")
@@ -103,17 +109,22 @@ def _walk_images(folder: Path) -> list[Path]:
     return found
 
 
-def _inspect_all(paths: list[Path], skip_invalid: bool, skipped: list[dict]) -> dict[Path, tuple[int, int, str]]:
-    """Decode every image (threads: Pillow releases the GIL while decoding)."""
+def _inspect_all(paths: list[Path], skip_invalid: bool, skipped: list[dict],
+                 max_pixels: int | None = None) -> dict[Path, tuple[int, int, str]]:
+    """Decode every image (threads: Pillow releases the GIL while decoding).
+
+    Pillow's DecompressionBombWarning becomes an error here, so ``inspect_image`` rejects the file; the filter
+    is set once around the whole pool (warning filters are process-wide, not per thread)."""
 
     def one(p: Path) -> tuple[int, int, str] | DatasetError:
         try:
-            return inspect_image(p)
+            return inspect_image(p, max_pixels)
         except DatasetError as err:
             return err
 
     results: dict[Path, tuple[int, int, str]] = {}
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=4) as pool:
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         it = pool.map(one, paths)
         for path, res in tqdm(zip(paths, it, strict=False), total=len(paths), desc="validate", unit="img", leave=False):
             if isinstance(res, DatasetError):
@@ -160,7 +171,7 @@ def _class_dirs(root: Path, skip_invalid: bool, skipped: list[dict]) -> dict[str
     return dict(sorted(classes.items()))
 
 
-def _read_imagefolder(root: Path, skip_invalid: bool) -> RawDataset:
+def _read_imagefolder(root: Path, skip_invalid: bool, max_pixels: int | None = None) -> RawDataset:
     skipped: list[dict] = []
     class_dirs = _class_dirs(root, skip_invalid, skipped)
     per_class: dict[str, list[Path]] = {}
@@ -173,7 +184,7 @@ def _read_imagefolder(root: Path, skip_invalid: bool) -> RawDataset:
     if len(per_class) < 2:
         raise DatasetError(root, f"found 1 class ({next(iter(per_class))}); a classifier needs at least 2")
 
-    info = _inspect_all([f for files in per_class.values() for f in files], skip_invalid, skipped)
+    info = _inspect_all([f for files in per_class.values() for f in files], skip_invalid, skipped, max_pixels)
     classes = list(per_class)
     samples = []
     for label, name in enumerate(classes):
@@ -186,7 +197,7 @@ def _read_imagefolder(root: Path, skip_invalid: bool) -> RawDataset:
     return RawDataset(root, "imagefolder", classes, samples, skipped)
 
 
-def _read_coco(root: Path, skip_invalid: bool) -> RawDataset:
+def _read_coco(root: Path, skip_invalid: bool, max_pixels: int | None = None) -> RawDataset:
     ann_path = root / "annotations.json"
     if not ann_path.is_file():
         raise DatasetError(ann_path, "COCO annotations file is missing")
@@ -223,7 +234,18 @@ def _read_coco(root: Path, skip_invalid: bool) -> RawDataset:
             skipped.append({"path": str(path), "error": err.problem})
             continue
         paths[img_id] = path
-    info = _inspect_all(list(paths.values()), skip_invalid, skipped)
+    info = _inspect_all(list(paths.values()), skip_invalid, skipped, max_pixels)
+    for img_id, path in paths.items():  # the record's width and height must be the file's
+        if path not in info:
+            continue
+        try:
+            _check_declared_size(path, img_id, images[img_id], *info[path][:2])
+        except DatasetError as err:
+            if not skip_invalid:
+                raise
+            skipped.append({"path": str(path), "error": err.problem})
+            log.warning("skipping %s", err)
+            del info[path]
 
     boxes: dict[int, list[dict]] = {i: [] for i in paths}
     bad_images: set[int] = set()
@@ -259,3 +281,17 @@ def _read_coco(root: Path, skip_invalid: bool) -> RawDataset:
         samples.append(Sample(path.relative_to(root).as_posix(), label, w, h, sha, anns))
     classes = [str(c.get("name", c["id"])) for c in categories]
     return RawDataset(root, "coco", classes, samples, skipped, extra_files=["annotations.json"])
+
+
+def _check_declared_size(path: Path, img_id: object, record: dict, width: int, height: int) -> None:
+    """A COCO image record's ``width`` and ``height`` (when given) must be the decoded file's: boxes are drawn
+    against them, so a record that lies about its image puts every box somewhere else."""
+    if "width" not in record and "height" not in record:
+        return
+    declared = (record.get("width"), record.get("height"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in declared):
+        raise DatasetError(path, f"annotations.json gives image id {img_id} width/height {declared[0]!r}x"
+                           f"{declared[1]!r}; expected positive whole numbers")
+    if declared != (width, height):
+        raise DatasetError(path, f"annotations.json declares {declared[0]}x{declared[1]} for image id {img_id}, "
+                           f"the file is {width}x{height}")

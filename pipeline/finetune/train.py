@@ -22,10 +22,10 @@ import torch
 from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split, normalize
 from pipeline.models.supernet import Arch, build_vit, extract_subnet
-from pipeline.nas.supernet_train import load_supernet
+from pipeline.nas.supernet_train import load_strict, load_supernet, read_weights
 from pipeline.recipe import BatchAugment, Recipe
-from pipeline.training import TrainConfig, TrainResult, seed_everything, train
-from pipeline.weights import load_weights, save_weights
+from pipeline.training import CheckpointError, TrainConfig, TrainResult, seed_everything, train
+from pipeline.weights import save_weights
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,10 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The fine-tuned timm model from its safetensors file, with its metadata."""
     from pipeline.models.supernet import SearchSpace
 
-    state, meta = load_weights(path)
+    state, meta = read_weights(path, "fine-tuned weights")
     space = SearchSpace.from_params(meta["space"], num_classes=len(meta["classes"]))
     model = build_vit(Arch(**meta["arch"]), space)
-    model.load_state_dict(state)
+    load_strict(model, state, path, "model")
     return model.eval(), meta
 
 
@@ -98,7 +98,8 @@ def finetune(data_dir: Path, out_dir: Path, params: dict[str, Any], supernet_wei
     net, sn_meta = load_supernet(supernet_weights)
     manifest = load_manifest(data_dir)
     if sn_meta["classes"] != manifest.classes:
-        raise ValueError(f"{supernet_weights}: trained on classes {sn_meta['classes']}, dataset has {manifest.classes}")
+        raise CheckpointError(f"{supernet_weights}: trained on classes {sn_meta['classes']}, the dataset has "
+                              f"{manifest.classes}; train the supernet on this dataset version first")
     recipe = Recipe.from_params(p)
     model = extract_subnet(net, arch, drop_path_rate=recipe.drop_path).train()
     mean, std = params["model"]["mean"], params["model"]["std"]

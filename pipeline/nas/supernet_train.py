@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split, normalize
+from pipeline.errors import MissingStageError
 from pipeline.models.supernet import Arch, SearchSpace, Supernet
 from pipeline.recipe import BatchAugment, Recipe
-from pipeline.training import TrainConfig, TrainResult, seed_everything, train
+from pipeline.training import CheckpointError, TrainConfig, TrainResult, first_line, seed_everything, train
 from pipeline.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,57 @@ def evaluate(model: Supernet, arch: Arch, x: torch.Tensor, y: torch.Tensor, batc
     return correct / max(1, len(x))
 
 
+# The only tensors a supernet may lack in an MAE backbone: the classifier, which MAE does not have.
+NEW_IN_SUPERNET = ("head.weight", "head.bias")
+
+
+def read_weights(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``load_weights``, with a missing or unreadable file as a one-line error naming it."""
+    if not Path(path).is_file():
+        raise MissingStageError(f"{path}: {what} does not exist")
+    try:
+        return load_weights(path)
+    except Exception as err:  # safetensors raises several types for a damaged file; all mean "unreadable"
+        raise CheckpointError(f"{path}: cannot read the {what} ({first_line(err)})") from None
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str,
+                may_be_new: tuple[str, ...] = ()) -> None:
+    """Load every tensor of ``module`` from ``state``; ``may_be_new`` alone may be absent (they keep their init).
+
+    Anything else missing, unexpected or of another shape is a CheckpointError naming the keys."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and k not in may_be_new]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        problems = [f"{label}: {_some(keys)}" for label, keys in
+                    [("missing", missing), ("unexpected", unexpected),
+                     (f"wrong shape (checkpoint vs {what})", wrong)] if keys]
+        allowed = f"; only {', '.join(may_be_new)} may be new" if may_be_new else ""
+        raise CheckpointError(f"{path}: does not fit the {what}{allowed}: " + "; ".join(problems))
+    result = module.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= set(may_be_new), result
+
+
+def _some(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_backbone(net: Supernet, path: Path) -> None:
+    """Start ``net`` from MAE encoder weights: every tensor but the new classifier (``NEW_IN_SUPERNET``)."""
+    state, _ = read_weights(path, "MAE backbone")
+    load_strict(net.vit, state, path, "supernet", NEW_IN_SUPERNET)
+    log.info("supernet starts from %s (all %d encoder tensors; %s new)", path, len(state),
+             ", ".join(NEW_IN_SUPERNET))
+
+
 def load_supernet(path: Path) -> tuple[Supernet, dict[str, Any]]:
-    state, meta = load_weights(path)
+    state, meta = read_weights(path, "supernet weights")
     space = SearchSpace.from_params(meta["space"], num_classes=int(meta["num_classes"]))
     net = Supernet(space)
-    net.vit.load_state_dict(state)
+    load_strict(net.vit, state, path, "supernet")
     return net.eval(), meta
 
 
@@ -79,7 +126,11 @@ def train_supernet(
     meta: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> SupernetResult:
+    """``backbone``: MAE encoder weights to start from; a path that is missing or does not fit is an error.
+    None means random init, asked for explicitly (the stage passes None only for ``supernet.init: random``)."""
     p = params["supernet"]
+    if backbone is not None and not Path(backbone).is_file():  # before any data is read
+        raise MissingStageError(f"{backbone}: the MAE backbone does not exist; run `vitforge stage pretrain` first")
     cfg = TrainConfig.from_params(p, params["seed"], overrides)
     seed_everything(cfg.seed, cfg.threads)
     manifest = load_manifest(data_dir)
@@ -94,11 +145,9 @@ def train_supernet(
 
     net = Supernet(space, drop_path_rate=recipe.drop_path)
     if backbone is not None:
-        state, _ = load_weights(backbone)
-        missing, unexpected = net.vit.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("head.") for k in missing):
-            raise ValueError(f"{backbone}: does not fit the supernet (missing {missing}, unexpected {unexpected})")
-        log.info("supernet starts from %s", backbone)
+        load_backbone(net, backbone)
+    else:
+        log.info("supernet starts from random init (backbone=None)")
 
     largest, smallest = space.largest(), space.smallest()
 

@@ -18,10 +18,12 @@ from timm.layers import resample_abs_pos_embed
 from pipeline.data.tensors import load_images, normalize
 from pipeline.models.supernet import SearchSpace
 from pipeline.ssl.mae import MAE, MAEConfig
-from pipeline.training import TrainConfig, TrainResult, seed_everything, train
+from pipeline.training import CheckpointError, TrainConfig, TrainResult, seed_everything, train
 from pipeline.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CheckpointError", "PretrainResult", "init_from_checkpoint", "pretrain"]
 
 
 @dataclass
@@ -31,10 +33,6 @@ class PretrainResult:
     train: TrainResult
     model: MAE
     images: torch.Tensor  # normalized, for the reconstruction plot
-
-
-class CheckpointError(ValueError):
-    """A ``pretrain.init_checkpoint`` that cannot be used. ``str(err)`` is one line naming the checkpoint."""
 
 
 HF_HUB_PREFIX = "hf-hub:"

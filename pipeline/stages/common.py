@@ -5,16 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.versioning import read_version
-from pipeline.params import git_sha, resolve
+from pipeline.data.errors import DatasetError
+from pipeline.data.versioning import dvc_file, journal_path, verified_version
+from pipeline.params import git_sha
+from pipeline.paths import paths
 
 
 def dataset_ref(root: Path, params: dict[str, Any]) -> dict[str, str]:
-    """The dataset as the dataset stage left it (for the CLI; Dagster passes the asset's value)."""
-    folder = resolve(params["dataset"]["tracked_dir"], root)
-    if not (folder.with_name(folder.name + ".dvc")).is_file():
-        raise FileNotFoundError(f"{folder}.dvc: no dataset version yet; run `vitforge stage dataset` first")
-    return {"tracked_dir": str(folder), "version": read_version(folder)}
+    """The dataset as the dataset stage left it (for the CLI; Dagster passes the asset's value).
+
+    A commit a killed dataset run left half done is rolled back or forward first, and the folder is held to
+    the version its ``.dvc`` file records: a mismatch is a one-line DatasetError, a missing version a
+    MissingStageError."""
+    folder = paths(root, params).dataset()
+    return {"tracked_dir": str(folder), "version": verified_version(folder)}
+
+
+def check_dataset(dataset: dict[str, Any]) -> None:
+    """Before a stage trusts ``dataset`` (``dataset_ref``'s or the Dagster asset's value): the folder must hold
+    the version its ``.dvc`` file records (after recovering an interrupted commit), and that must be the
+    version the stage was given. A folder that no ``.dvc`` file versions (tests, benchmarks on a bare folder
+    with a manifest) has nothing recorded to check against and passes."""
+    folder = Path(dataset["tracked_dir"])
+    journal = journal_path(folder)
+    if not dvc_file(folder).is_file() and (journal is None or not journal.is_file()):
+        return
+    recorded = verified_version(folder)
+    if recorded != dataset["version"]:
+        raise DatasetError(dvc_file(folder), f"records version {recorded}, but this run was given "
+                           f"{dataset['version']}: the dataset changed since; run the chain again from the "
+                           "dataset stage")
 
 
 def provenance(dataset: dict[str, Any], tags: dict[str, str] | None) -> dict[str, str]:

@@ -19,7 +19,7 @@ from pipeline.data.demo import write_digits
 from pipeline.data.fingerprint import content_hash
 from pipeline.data.manifest import UNLABELED
 from pipeline.data.readers import read_unlabeled
-from pipeline.data.versioning import dvc_add_and_push, replace_dir
+from pipeline.data.versioning import aside, commit_version, recover_interrupted
 from pipeline.params import resolve
 from pipeline.tracking import Tracker, log_figure, log_file, log_json
 
@@ -88,19 +88,22 @@ def run_dataset(
 ) -> DatasetResult:
     """``unlabeled``: a folder of images without labels (any tree) that only MAE pre-training sees."""
     p = params["dataset"]
+    target = resolve(p["tracked_dir"], root)
+    remote_url = resolve(p["dvc_remote_url"], root)
+    # A commit a killed run left half done is finished or undone first, whatever this run's input.
+    recover_interrupted(root, target, p["dvc_remote_name"], remote_url)
     src = resolve_source(data, root, p["demo_image_size"])
     # Everything that can fail on bad input happens before the tracked folder is touched.
-    raw = read_dataset(src, fmt, skip_invalid=skip_invalid)
+    raw = read_dataset(src, fmt, skip_invalid=skip_invalid, max_pixels=p["max_pixels"])
     source_hash = content_hash(src)
     unl_src = resolve(unlabeled, root) if unlabeled else None
-    raw_unl = read_unlabeled(unl_src, skip_invalid=skip_invalid) if unl_src else None
+    raw_unl = read_unlabeled(unl_src, skip_invalid=skip_invalid, max_pixels=p["max_pixels"]) if unl_src else None
     manifest = build_manifest(raw, val_fraction(p, len(raw.samples)), p["test_fraction"], raw_unl)
     labelled = manifest.labelled_files()
     n_unlabeled = len(manifest.unlabeled_files())
 
-    target = resolve(p["tracked_dir"], root)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(target.name + ".staged")
+    staged = aside(target, "staged")
     shutil.rmtree(staged, ignore_errors=True)
     copies = [(src / f["path"], f["path"]) for f in labelled] + [(src / rel, rel) for rel in raw.extra_files]
     if unl_src:
@@ -110,8 +113,8 @@ def run_dataset(
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(origin, dst)
     manifest.write(staged)
-    replace_dir(staged, target)
-    version = dvc_add_and_push(root, target, p["dvc_remote_name"], resolve(p["dvc_remote_url"], root))
+    # Swap in, `dvc add` and push as one recoverable step (pipeline.data.versioning).
+    version = commit_version(root, staged, target, p["dvc_remote_name"], remote_url)
 
     counts = manifest.counts()
     hist = manifest.class_histogram()

@@ -10,7 +10,7 @@ from pipeline import plots
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
 from pipeline.params import resolve
-from pipeline.stages.common import provenance
+from pipeline.stages.common import check_dataset, provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
 
 
@@ -57,6 +57,7 @@ def run_finetune(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
     target = architecture["target"]
     arch = Arch(**architecture["arch"])
     out_dir = resolve(params["finetune"]["out_dir"], root) / target
+    check_dataset(dataset)
     with tracker.run("finetune", {"dataset_version": dataset["version"], "target": target, **(tags or {})}) as run:
         import mlflow
 

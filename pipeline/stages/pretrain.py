@@ -12,7 +12,7 @@ from pipeline import plots
 from pipeline.nas.space_fit import resolve_space
 from pipeline.params import resolve
 from pipeline.ssl.train import pretrain
-from pipeline.stages.common import provenance
+from pipeline.stages.common import check_dataset, provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
 
 
@@ -57,6 +57,7 @@ def run_pretrain(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                  overrides: dict[str, Any] | None = None) -> PretrainStageResult:
     p = params["pretrain"]
     out_dir = resolve(p["out_dir"], root)
+    check_dataset(dataset)
     with tracker.run("pretrain", {"dataset_version": dataset["version"], **(tags or {})}) as run:
         import mlflow
 

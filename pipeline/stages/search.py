@@ -18,6 +18,7 @@ from pipeline.nas.search import SearchSettings, choose, evolutionary_search, wit
 from pipeline.nas.supernet_train import evaluate, load_supernet
 from pipeline.params import resolve
 from pipeline.paths import paths, write_result
+from pipeline.stages.common import check_dataset
 from pipeline.targets import Target, TargetError, list_targets, load_target
 from pipeline.tracking import Tracker, log_figure, log_json
 
@@ -85,6 +86,7 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
     shared by the brief fine-tunes of the top candidates (else ``search.rerank_steps`` each)."""
     started = time.perf_counter()
     target, target_path = resolve_target(root, params, target_name)
+    check_dataset(dataset)  # the folder still holds the version it claims
     lp, sp = params["latency"], params["search"]
     mean, std = params["model"]["mean"], params["model"]["std"]
     net, _ = load_supernet(Path(supernet_weights))

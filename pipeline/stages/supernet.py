@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import plots
+from pipeline.errors import MissingStageError, ParamsError
 from pipeline.nas.space_fit import resolve_space
-from pipeline.nas.supernet_train import train_supernet
+from pipeline.nas.supernet_train import read_weights, train_supernet
 from pipeline.params import resolve
-from pipeline.stages.common import provenance
+from pipeline.paths import paths
+from pipeline.stages.common import check_dataset, provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
-from pipeline.weights import load_weights
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,20 +34,44 @@ class SupernetStageResult:
         return asdict(self)
 
 
+INIT_CHOICES = ("mae", "random")
+
+
+def backbone_to_start_from(root: Path, params: dict[str, Any], backbone: str | None) -> Path | None:
+    """The MAE weights the supernet starts from, per params.yaml ``supernet.init``; None: random init.
+
+    ``mae`` (the default): ``backbone``, or the pretrain stage's file when None is given; either must exist,
+    else a MissingStageError names it. ``random``: None, whatever ``backbone`` says."""
+    init = params["supernet"]["init"]
+    if init not in INIT_CHOICES:
+        raise ParamsError(f"params.yaml: supernet.init: expected one of {list(INIT_CHOICES)}, got {init!r}")
+    if init == "random":
+        if backbone:
+            log.info("supernet.init is random: not starting from %s", backbone)
+        return None
+    path = Path(backbone) if backbone else paths(root, params).backbone()
+    if not path.is_file():
+        raise MissingStageError(f"{path}: no MAE backbone to start the supernet from; run `vitforge stage "
+                                "pretrain` first, or set supernet.init: random in params.yaml to start from "
+                                "random weights")
+    return path
+
+
 def run_supernet(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[str, Any],
                  backbone: str | None, *, tags: dict[str, str] | None = None, resume: bool = False,
                  overrides: dict[str, Any] | None = None) -> SupernetStageResult:
     p = params["supernet"]
     out_dir = resolve(p["out_dir"], root)
+    start = backbone_to_start_from(root, params, backbone)
+    check_dataset(dataset)
     with tracker.run("supernet", {"dataset_version": dataset["version"], **(tags or {})}) as run:
         import mlflow
 
-        upstream = load_weights(Path(backbone))[1].get("space") if backbone else None
+        upstream = read_weights(start, "MAE backbone")[1].get("space") if start else None
         params = {**params, "space": resolve_space(params, root, Path(dataset["tracked_dir"]), upstream).space}
-        mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"} | {"backbone": backbone or "random init",
-                                                                          "space": params["space"]})
-        res = train_supernet(Path(dataset["tracked_dir"]), out_dir, params,
-                             backbone=Path(backbone) if backbone else None, resume=resume,
+        mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"}
+                          | {"backbone": str(start) if start else "random init", "space": params["space"]})
+        res = train_supernet(Path(dataset["tracked_dir"]), out_dir, params, backbone=start, resume=resume,
                              meta=provenance(dataset, tags), overrides=overrides)
         log_history(res.train.history)
         mlflow.log_metrics({f"val_top1.{name}": acc for name, acc in res.val_top1.items()})
