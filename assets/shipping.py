@@ -28,6 +28,11 @@ class ModelConfig(Config):
     resume: bool = Field(default=False, description="continue from the last checkpoint")
 
 
+class EdgePackageConfig(Config):
+    allow_dirty: bool = Field(default=False, description="register even when the project root is not a git "
+                                                         "checkout (the version records why)")
+
+
 @asset(group_name="ship", partitions_def=targets_partitions,
        description="The chosen subnet as a plain timm ViT, fine-tuned and evaluated on the test split.")
 def model(context: AssetExecutionContext, config: ModelConfig, dataset: dict, architecture: dict,
@@ -45,11 +50,11 @@ def model(context: AssetExecutionContext, config: ModelConfig, dataset: dict, ar
 @asset(group_name="ship", partitions_def=targets_partitions,
        description="ONNX (+ engine) proven on the target: parity, latency; registered as candidate if all pass.",
        check_specs=[AssetCheckSpec(name, asset="edge_package", blocking=True) for name in GATES])
-def edge_package(context: AssetExecutionContext, dataset: dict, model: dict, architecture: dict,
-                 project: ProjectResource, mlflow: MlflowTracking):
+def edge_package(context: AssetExecutionContext, config: EdgePackageConfig, dataset: dict, model: dict,
+                 architecture: dict, project: ProjectResource, mlflow: MlflowTracking):
     tracker = mlflow.tracker()
     res = run_package(project.path, project.params(), tracker, dataset, model, architecture, context.partition_key,
-                      tags={"dagster_run_id": context.run_id})
+                      tags={"dagster_run_id": context.run_id}, allow_dirty=config.allow_dirty)
     context.log.info(f"{res.target}: p50 {res.p50_ms:.3f} ms, top-1 {res.test_top1:.4f}, "
                      f"registered version {res.registered_version}")
     yield Output(res.to_dict(), metadata={

@@ -15,5 +15,9 @@ class ParamsError(InputError, ValueError):
     """params.yaml (or an override of it) names a missing key or holds a value the stage cannot use."""
 
 
+class StaleStageError(InputError, ValueError):
+    """An earlier stage's output was made from other data or settings than the current ones: run it again."""
+
+
 class MissingStageError(InputError, FileNotFoundError):
     """An earlier stage's output is not there yet: the message names the command that makes it."""

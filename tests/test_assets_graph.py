@@ -102,5 +102,5 @@ def test_weekly_retrain_ends_in_a_candidate_for_every_target_measurable_here(tin
         assert made == {"architecture"}
         client = mlflow.MlflowClient()
         assert "candidate-tight" not in client.get_registered_model("vitforge-digits").aliases
-        assert [v.version for v in client.search_model_versions("name = 'vitforge-digits'")] == ["1"]
+        assert [str(v.version) for v in client.search_model_versions("name = 'vitforge-digits'")] == ["1"]
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from conftest import TINY, make_project, set_params
 
 import mlflow
+from pipeline.data import load_manifest
 from pipeline.export import package as package_mod
 from pipeline.export.package import Parity
 from pipeline.finetune.train import finetune
@@ -20,7 +24,7 @@ from pipeline.models.supernet import SearchSpace
 from pipeline.nas.supernet_train import train_supernet
 from pipeline.params import PACKAGE_ROOT, load_params
 from pipeline.registry.gates import champion_gate, parity_gate
-from pipeline.registry.mlflow_registry import alias, load_registered
+from pipeline.registry.mlflow_registry import ProvenanceError, alias, champion_of, git_provenance, load_registered
 from pipeline.stages.package import run_package
 from pipeline.targets import load_target
 from pipeline.tracking import Tracker
@@ -32,7 +36,12 @@ DATASET_VERSION = "tiny.dir"
 def shipped(tmp_path_factory, digits_dataset):
     """A tiny project with targets, a trained supernet and a fine-tuned smallest arch."""
     root = make_project(tmp_path_factory.mktemp("ship") / "project")
-    params = set_params(root, **TINY)
+    # A model that has learned the digits (~85 % test top-1 in ~10 s): the gates have decisions to protect.
+    params = set_params(root, **TINY, finetune__ema_decay=None, finetune__mixup=0.0, finetune__cutmix=0.0,
+                        finetune__mix_prob=0.0, finetune__rand_augment=None, finetune__random_erasing=0.0,
+                        finetune__layer_decay=None, finetune__label_smoothing=0.0, finetune__drop_path=0.0,
+                        # 187 test images: 0.01 is under two of them, too fine for a 5k-parameter model's int8
+                        export__int8_max_top1_drop=0.03, export__int8_min_agreement=0.95)
     targets = root / "infra" / "targets"
     targets.mkdir(parents=True)
     for name in ("cpu-ort-fp32", "cpu-ort-int8"):
@@ -40,17 +49,52 @@ def shipped(tmp_path_factory, digits_dataset):
         (targets / f"{name}.yaml").write_text(re.sub(r"latency_budget_ms: [0-9.]+", "latency_budget_ms: 50", text))
     sn = train_supernet(digits_dataset, root / "sn", params, backbone=None, overrides={"epochs": 2})
     arch = SearchSpace.from_params(params["space"]).largest()
-    ft = finetune(digits_dataset, root / "ft", params, sn.weights, arch,
+    ft = finetune(digits_dataset, root / "ft", params, sn.weights, arch, overrides={"epochs": 16},
                   meta={"dataset_version": DATASET_VERSION, "git_sha": "abc", "dagster_run_id": ""})
+    assert ft.test.top1 > 0.6
+    git_commit(root)  # a project as users have it: a git checkout (runs/, mlflow/ are untracked)
     return root, digits_dataset, ft
 
 
-def package(shipped, target: str, **tag_kw):
-    root, data, ft = shipped
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def git_commit(root: Path) -> str:
+    git(root, "init", "-q")
+    git(root, "add", "params.yaml", "infra")
+    git(root, "commit", "-q", "-m", "project")
+    return git(root, "rev-parse", "HEAD")
+
+
+def package(shipped, target: str, *, root: Path | None = None, weights: Path | None = None,
+            allow_dirty: bool = False, **tag_kw):
+    project, data, ft = shipped
+    root = root or project
     params = load_params(root)
     return run_package(root, params, Tracker.from_params(params, root),
-                       {"tracked_dir": str(data), "version": DATASET_VERSION}, {"weights": str(ft.weights)},
-                       {"latency_mape": 0.04}, target, tags={"dagster_run_id": "run-1", **tag_kw})
+                       {"tracked_dir": str(data), "version": DATASET_VERSION}, {"weights": str(weights or ft.weights)},
+                       {"latency_mape": 0.04}, target, tags={"dagster_run_id": "run-1", **tag_kw},
+                       allow_dirty=allow_dirty)
+
+
+def gate(res, name: str) -> dict:
+    return next(g for g in res.gates if g["name"] == name)
+
+
+def constant_head_weights(shipped, out: Path) -> Path:
+    """The fine-tuned weights with a head that always answers class 0: a real, exportable, much worse model."""
+    from pipeline.weights import load_weights, save_weights
+
+    _, _, ft = shipped
+    state, meta = load_weights(ft.weights)
+    [w] = [k for k in state if k.endswith("head.weight")]
+    [b] = [k for k in state if k.endswith("head.bias")]
+    state[w] = torch.zeros_like(state[w])
+    state[b] = torch.zeros_like(state[b])
+    state[b][0] = 1.0
+    return save_weights(out, state, meta)
 
 
 def versions(shipped) -> list:
@@ -92,6 +136,8 @@ def test_fp32_package_parity_tags_alias_and_load_back(shipped):
         assert mv.tags.get(tag), tag
     assert mv.tags["dataset_version"] == DATASET_VERSION and mv.tags["dagster_run_id"] == "run-1"
     assert mv.tags["latency_model_mape"] == "0.0400"
+    root = shipped[0]
+    assert mv.tags["git_sha"] == git(root, "rev-parse", "HEAD") and mv.tags["git_dirty"] == "false"
 
     uri = f"models:/{name}@{alias('candidate', 'cpu-ort-fp32')}"
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
@@ -105,15 +151,25 @@ def test_fp32_package_parity_tags_alias_and_load_back(shipped):
     assert not list(downloaded.glob("*.data"))  # one self-contained model.onnx
 
 
-def test_int8_package_is_quantized_and_judged_on_accuracy(shipped):
+def test_int8_package_is_quantized_passes_its_gate_and_registers(shipped):
     res = package(shipped, "cpu-ort-int8")
     graph = onnx.load(res.package["onnx"]).graph
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)
-    par = res.package["parity"]
-    gate = next(g for g in res.gates if g["name"] == "check_edge_package_parity")
-    assert gate["details"]["top1_drop"] == pytest.approx(par["torch_test_top1"] - par["engine_test_top1"])
-    assert gate["passed"] == (par["top1_agreement"] >= 0.99 and gate["details"]["top1_drop"] <= 0.01)
-    assert res.passed == (res.registered_version is not None)
+    assert gate(res, "check_edge_package_parity")["passed"], gate(res, "check_edge_package_parity")
+    assert res.package["parity"]["max_abs_diff"] > 1e-4  # far outside fp32's limit: judged on accuracy instead
+    assert res.passed and res.registered_version is not None
+
+
+def test_int8_package_with_damaged_calibration_fails_its_gate(shipped, monkeypatch):
+    """Calibrated on flat mid-grey images (0 after normalization), every activation range is near 0, so real
+    images are clipped to almost nothing: the gate must catch it."""
+    real_quantize = package_mod.quantize_int8
+    monkeypatch.setattr(package_mod, "quantize_int8",
+                        lambda fp32, out, calib: real_quantize(fp32, out, np.full_like(calib, 128)))
+    before = len(versions(shipped))
+    res = package(shipped, "cpu-ort-int8")
+    assert not gate(res, "check_edge_package_parity")["passed"], gate(res, "check_edge_package_parity")
+    assert res.registered_version is None and len(versions(shipped)) == before
 
 
 def test_broken_normalization_fails_parity_and_registers_nothing(shipped, monkeypatch):
@@ -144,19 +200,90 @@ def test_latency_over_budget_registers_nothing(shipped):
         mlflow.MlflowClient().get_model_version_by_alias(res.registered_model, alias("candidate", "tight"))
 
 
-def test_worse_than_champion_registers_nothing(shipped):
-    first = package(shipped, "cpu-ort-fp32")
-    client = mlflow.MlflowClient()
-    name = first.registered_model
-    client.set_registered_model_alias(name, alias("champion", "cpu-ort-fp32"), first.registered_version)
-    client.set_model_version_tag(name, first.registered_version, "test_top1", "1.0")  # an unbeatable champion
+def test_champion_is_scored_on_the_candidates_own_test_images(shipped, tmp_path):
+    """The champion's tagged top-1 (another test set's) is ignored: its registered ONNX is scored on the
+    candidate's test split. Worse there: the candidate passes; better there: it is blocked."""
+    root, _, _ = shipped
+    targets = root / "infra" / "targets"
+    shutil.copy(targets / "cpu-ort-fp32.yaml", targets / "champ.yaml")
+    weak = constant_head_weights(shipped, tmp_path / "weak.safetensors")
+
+    first = package(shipped, "champ", weights=weak)  # no champion yet: registers
+    client = mlflow.MlflowClient()  # on the store the stage just used
+    name, weak_version = first.registered_model, first.registered_version
+    assert weak_version is not None
+    client.set_registered_model_alias(name, alias("champion", "champ"), weak_version)
+    client.set_model_version_tag(name, weak_version, "test_top1", "1.0")  # a stale figure from another test set
+
+    good = package(shipped, "champ")
+    g = gate(good, "check_edge_package_accuracy_vs_champion")
+    assert g["passed"] and good.registered_version is not None
+    d = g["details"]
+    assert d["champion_version"] == weak_version and d["champion_top1"] < good.test_top1 - 0.5
+    assert d["images"] == len(load_manifest(shipped[1]).split("test"))  # all of the candidate's test split
+
+    client.set_registered_model_alias(name, alias("champion", "champ"), good.registered_version)
+    client.set_model_version_tag(name, good.registered_version, "test_top1", "0.0")
     before = len(versions(shipped))
-    res = package(shipped, "cpu-ort-fp32")
-    gate = next(g for g in res.gates if g["name"] == "check_edge_package_accuracy_vs_champion")
-    assert not gate["passed"] and gate["details"]["champion_version"] == first.registered_version
-    assert res.registered_version is None and len(versions(shipped)) == before
-    moved = client.get_model_version_by_alias(name, alias("candidate", "cpu-ort-fp32")).version
-    assert str(moved) == first.registered_version  # the alias did not move
+    worse = package(shipped, "champ", weights=weak)
+    g = gate(worse, "check_edge_package_accuracy_vs_champion")
+    assert not g["passed"] and g["details"]["champion_version"] == good.registered_version
+    assert g["details"]["champion_top1"] == pytest.approx(good.test_top1)  # the champion, rescored on the same images
+    assert worse.registered_version is None and len(versions(shipped)) == before
+    moved = client.get_model_version_by_alias(name, alias("candidate", "champ")).version
+    assert str(moved) == good.registered_version  # the alias did not move
+
+
+def test_champion_lookup_fails_loudly_on_registry_errors_other_than_a_missing_alias(tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, PERMISSION_DENIED
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    assert champion_of("no-such-model", "t") is None  # no registered model: no champion
+    mlflow.MlflowClient().create_registered_model("m")
+    assert champion_of("m", "t") is None  # the store's own "alias not found"
+    for code, message in ((INTERNAL_ERROR, "database is locked"),
+                          (INVALID_PARAMETER_VALUE, "Invalid model name 'm'"),
+                          (PERMISSION_DENIED, "no read access to model m")):
+        def failing(self, name, alias_name, code=code, message=message):
+            raise MlflowException(message, error_code=code)
+
+        monkeypatch.setattr(mlflow.MlflowClient, "get_model_version_by_alias", failing)
+        with pytest.raises(MlflowException, match=message):
+            champion_of("m", "t")
+
+
+def test_registration_refuses_a_project_outside_git_unless_allowed(shipped, tmp_path, monkeypatch):
+    root, _, _ = shipped
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(root / "params.yaml", loose / "params.yaml")
+    shutil.copytree(root / "infra", loose / "infra")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # never find a checkout above
+    with pytest.raises(ProvenanceError, match="not inside a git checkout"):
+        package(shipped, "cpu-ort-fp32", root=loose)
+    assert not (loose / "runs").exists()  # refused before anything was built
+
+    res = package(shipped, "cpu-ort-fp32", root=loose, allow_dirty=True)
+    assert res.registered_version is not None
+    mv = mlflow.MlflowClient().get_model_version(res.registered_model, res.registered_version)
+    assert mv.tags["git_dirty"] == "true" and "not inside a git checkout" in mv.tags["git_sha"]
+
+
+def test_git_provenance_records_sha_and_dirty_tree(tmp_path):
+    (tmp_path / "f.txt").write_text("a")
+    git(tmp_path, "init", "-q")
+    with pytest.raises(ProvenanceError, match="no commit"):
+        git_provenance(tmp_path)
+    git(tmp_path, "add", "f.txt")
+    git(tmp_path, "commit", "-q", "-m", "c")
+    head = git(tmp_path, "rev-parse", "HEAD")
+    assert git_provenance(tmp_path) == git_provenance(tmp_path, allow_dirty=True)
+    assert (git_provenance(tmp_path).sha, git_provenance(tmp_path).dirty) == (head, False)
+    (tmp_path / "untracked.txt").write_text("u")
+    assert not git_provenance(tmp_path).dirty  # untracked files (runs/, mlflow/) do not count
+    (tmp_path / "f.txt").write_text("b")
+    assert git_provenance(tmp_path).dirty and git_provenance(tmp_path).sha == head
 
 
 def test_gates_on_hand_made_figures():
@@ -168,8 +295,8 @@ def test_gates_on_hand_made_figures():
     assert parity_gate(Parity(64, 0.3, 1.0, 0.945, 0.95, "int8"), p).passed  # judged on accuracy
     assert not parity_gate(Parity(64, 0.01, 1.0, 0.90, 0.95, "int8"), p).passed
     assert champion_gate(0.9, None, 0.005).passed
-    assert champion_gate(0.9, {"version": "3", "test_top1": 0.904}, 0.005).passed
-    assert not champion_gate(0.9, {"version": "3", "test_top1": 0.91}, 0.005).passed
+    assert champion_gate(0.9, {"version": "3", "test_top1": 0.904, "images": 180}, 0.005).passed
+    assert not champion_gate(0.9, {"version": "3", "test_top1": 0.91, "images": 180}, 0.005).passed
 
 
 def test_tensorrt_int8_package_wires_calibration_and_engine_cache(shipped, monkeypatch, tmp_path):
@@ -191,15 +318,120 @@ def test_tensorrt_int8_package_wires_calibration_and_engine_cache(shipped, monke
     monkeypatch.setattr(package_mod, "make_runner", recording_runner)
     monkeypatch.setattr(latency, "make_runner", recording_runner)
     monkeypatch.setattr(latency, "engine_description", lambda t: {"target": t.name, "engine_version": "tensorrt"})
-    pkg = package_mod.build_package(ft.weights, data, tmp_path / "pkg", trt, load_params(root))
+    pkg = package_mod.build_package(ft.weights, data, tmp_path / "pkg", trt, load_params(root), root=root)
     assert len(seen) == 2  # parity, then latency
     for kwargs in seen:
         batches = kwargs["calibration"]
         assert len(batches) == 16 and batches[0]["image"].shape == (2, 16, 16, 3)
         assert batches[0]["image"].dtype == np.uint8
-        assert kwargs["engine_cache"].name == "engine.plan"
+        assert kwargs["engine_cache_dir"] == root / "runs" / "engines"  # export.engine_cache_dir, from the root
     assert pkg.optimizer.startswith("TensorRT int8")
     assert not any(n.op_type == "QuantizeLinear" for n in onnx.load(pkg.onnx).graph.node)  # TensorRT quantizes
+
+
+def cpu_stand_in(target):
+    from pipeline.targets import Target
+
+    return Target(name="cpu", runtime="onnxruntime", device="cpu", precision="fp32", threads=1,
+                  batch_size=target.batch_size, latency_budget_ms=50)
+
+
+def test_fp16_package_passes_the_fp16_limits_and_not_the_fp32_ones(shipped, monkeypatch, tmp_path):
+    """A real half-precision graph (onnxconverter-common, run by ONNX Runtime) stands in for TensorRT fp16:
+    its measured parity meets the fp16 limits and, as any fp16 engine's would, misses fp32's."""
+    from onnxconverter_common import float16
+
+    from pipeline.targets import Target, latency
+    from pipeline.targets.runners import make_runner as real_make_runner
+
+    root, data, ft = shipped
+    trt = Target(name="orin16", runtime="tensorrt", device="jetson-orin", precision="fp16", threads=1,
+                 batch_size=2, latency_budget_ms=50)
+
+    def fp16_runner(onnx_path, target, *, input_size, **kwargs):
+        half = Path(onnx_path).with_name("model.fp16.onnx")
+        if not half.exists():
+            fp32 = onnx.load(str(onnx_path))
+            casts = [n.name for n in fp32.graph.node if n.op_type == "Cast"]  # the graph's own casts stay as is
+            onnx.save(float16.convert_float_to_float16(fp32, keep_io_types=True, node_block_list=casts), str(half))
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(str(half)).graph.initializer)
+        return real_make_runner(half, cpu_stand_in(target), input_size=input_size)
+
+    monkeypatch.setattr(package_mod, "make_runner", fp16_runner)
+    monkeypatch.setattr(latency, "make_runner", fp16_runner)
+    monkeypatch.setattr(latency, "engine_description", lambda t: {"target": t.name, "engine_version": "tensorrt"})
+    params = load_params(root)
+    pkg = package_mod.build_package(ft.weights, data, tmp_path / "pkg", trt, params, root=root)
+    par = pkg.parity
+    assert par.precision == "fp16" and par.max_abs_diff > 0  # real half-precision rounding
+    assert parity_gate(par, params["export"]).passed
+    assert not parity_gate(dataclasses.replace(par, precision="fp32"), params["export"]).passed
+
+
+def test_tensorrt_engine_cache_is_reused_across_builds_and_rebuilt_for_another_key(shipped, monkeypatch, tmp_path):
+    """TensorRT stood in at polygraphy's loaders: the real trt_engine decides to build or to load the cached file."""
+    import polygraphy.backend.trt as ptrt
+
+    from pipeline.targets import Target, latency, runners
+    from pipeline.targets.runners import make_runner as real_make_runner
+
+    root, data, ft = shipped
+    trt = Target(name="orin", runtime="tensorrt", device="jetson-orin", precision="fp16", threads=1, batch_size=2,
+                 latency_budget_ms=50)
+    identity = ["10.3.0", "Orin sm_87"]
+    builds, loads = [], []
+
+    class FakeEngine:
+        def __init__(self, blob: bytes):
+            self.blob = blob
+
+        def serialize(self) -> bytes:
+            return self.blob
+
+    class FakeBuild:  # polygraphy's EngineFromNetwork: builds when called
+        def __init__(self, network, config=None):
+            self.network = network
+
+        def __call__(self):
+            builds.append(identity[0])
+            return FakeEngine(f"engine for {identity[0]}".encode())
+
+    class FakeLoad:  # polygraphy's EngineFromBytes: deserializes when called
+        def __init__(self, serialized):
+            self.serialized = serialized
+
+        def __call__(self):
+            blob = self.serialized()
+            loads.append(blob)
+            return FakeEngine(blob)
+
+    monkeypatch.setattr(ptrt, "EngineFromNetwork", FakeBuild)
+    monkeypatch.setattr(ptrt, "EngineFromBytes", FakeLoad)
+    monkeypatch.setattr(runners, "trt_identity", lambda: tuple(identity))
+
+    def trt_stand_in(onnx_path, target, *, input_size, calibration=None, engine_cache_dir=None):
+        loader = runners.trt_engine(onnx_path, target, input_size, calibration, engine_cache_dir)
+        loader()  # what TrtRunner.activate() does with it
+        return real_make_runner(onnx_path, cpu_stand_in(target), input_size=input_size)
+
+    monkeypatch.setattr(package_mod, "make_runner", trt_stand_in)
+    monkeypatch.setattr(latency, "make_runner", trt_stand_in)
+    monkeypatch.setattr(latency, "engine_description", lambda t: {"target": t.name, "engine_version": "tensorrt"})
+    params = load_params(root)
+    cache = root / "runs" / "engines"
+    shutil.rmtree(cache, ignore_errors=True)
+
+    package_mod.build_package(ft.weights, data, tmp_path / "a", trt, params, root=root)
+    assert builds == ["10.3.0"] and loads == [b"engine for 10.3.0"]  # built for parity, reused for latency
+    [engine_file] = cache.glob("*.engine")
+    assert engine_file.read_bytes() == b"engine for 10.3.0" and not list(cache.glob("*.tmp"))
+
+    package_mod.build_package(ft.weights, data, tmp_path / "b", trt, params, root=root)
+    assert builds == ["10.3.0"] and len(loads) == 3  # the second package build builds nothing
+
+    identity[0] = "10.4.0"  # another TensorRT: another key
+    package_mod.build_package(ft.weights, data, tmp_path / "c", trt, params, root=root)
+    assert builds == ["10.3.0", "10.4.0"] and len(list(cache.glob("*.engine"))) == 2
 
 
 def test_train_on_val_trains_on_both_splits_and_claims_no_val_estimate(shipped, tmp_path):

@@ -5,7 +5,9 @@ The package folder is self-describing: ``model.onnx`` (uint8 NHWC in, logits out
 ``probe.npz`` (test images with PyTorch's logits, which the edge agent checks on the device)
 and ``package.json`` with the target, the arch, the parity and latency reports
 (how each was measured) and the sha256 of every file. For TensorRT targets the
-ONNX is the artifact; the engine is built and cached on the device.
+ONNX is the artifact; the engine built here to prove it is kept in ``export.engine_cache_dir``
+(keyed by TensorRT version, GPU and ONNX sha256) so an unchanged model is not rebuilt; the device
+builds and caches its own.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import torch
 
 from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split
+from pipeline.errors import StaleStageError
 from pipeline.export.onnx import INPUT_NAME, OUTPUT_NAME, EdgeModel, export_onnx
 from pipeline.export.quantize import quantize_int8
 from pipeline.finetune.train import load_model
 from pipeline.models.supernet import Arch
+from pipeline.params import resolve
 from pipeline.targets.latency import LatencyReport, measure_latency
 from pipeline.targets.runners import make_runner
 from pipeline.targets.schema import Target
@@ -102,14 +106,16 @@ def _optimize(fp32: Path, model: torch.nn.Module, out: Path) -> Path:
     return out
 
 
-def build_package(weights: Path, data_dir: Path, out_dir: Path, target: Target, params: dict[str, Any]
-                  ) -> EdgePackage:
+def build_package(weights: Path, data_dir: Path, out_dir: Path, target: Target, params: dict[str, Any], *,
+                  root: Path | None = None) -> EdgePackage:
+    """``root``: the project root that relative paths in ``params`` are taken from (default: project_root())."""
     p = params["export"]
     model, meta = load_model(weights)
     arch = Arch(**meta["arch"])
     classes = load_manifest(data_dir).classes
     if meta["classes"] != classes:
-        raise ValueError(f"{weights}: label map {meta['classes']} does not match the dataset's classes {classes}")
+        raise StaleStageError(f"{weights}: label map {meta['classes']} does not match the dataset's classes {classes}; "
+                              "run `vitforge stage finetune` again")
     size = arch.img_size
     edge = EdgeModel(model, meta["mean"], meta["std"]).eval()
 
@@ -131,8 +137,9 @@ def build_package(weights: Path, data_dir: Path, out_dir: Path, target: Target, 
         pick = torch.randperm(len(train_x), generator=g)[: p["calibration_images"]]
         calib = train_x[pick].permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3) uint8
     if target.runtime == "tensorrt":
-        # The ONNX ships; the engine here only proves parity and latency (the device builds its own).
-        runner_kwargs["engine_cache"] = work / "engine.plan"
+        # The ONNX ships; the engine here only proves parity and latency (the device builds its own). It is
+        # cached outside the package folder, which is rebuilt from scratch, so an unchanged ONNX is not rebuilt.
+        runner_kwargs["engine_cache_dir"] = resolve(p["engine_cache_dir"], root)
         if target.precision == "int8":  # polygraphy's Calibrator reads the same calibration images
             b = target.batch_size
             runner_kwargs["calibration"] = [{INPUT_NAME: calib[i:i + b]} for i in range(0, len(calib) - b + 1, b)]

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.errors import ParamsError
 from pipeline.export.onnx import INPUT_NAME, export_onnx
 from pipeline.export.quantize import quantize_int8
 from pipeline.models.supernet import Arch, SearchSpace, arch_flops, arch_params, build_vit, num_tokens
@@ -167,7 +168,7 @@ def sample_archs(space: SearchSpace, n: int, seed: int, allowed_sizes: tuple[int
     rng = random.Random(seed)
     pool = [a for a in space.all_archs() if allowed_sizes is None or a.img_size in allowed_sizes]
     if not pool:
-        raise ValueError(f"no arch of the space has an img_size in {allowed_sizes}")
+        raise ParamsError(f"no arch of the space has an img_size in {allowed_sizes} (the target's input_size)")
     extremes = [a for a in (space.largest(), space.smallest()) if a in pool]
     rest = [a for a in pool if a not in extremes]
     rng.shuffle(rest)
@@ -266,7 +267,8 @@ def fit_latency_model(space: SearchSpace, target: Target, target_path: Path, *, 
     sizes = (target.input_size,) if target.input_size else None
     archs = sample_archs(space, n_fit + n_holdout, seed, sizes)
     if len(archs) < n_fit + n_holdout:
-        raise ValueError(f"the space has {len(archs)} archs; the latency model wants {n_fit} + {n_holdout}")
+        raise ParamsError(f"params.yaml latency: the space has {len(archs)} archs; n_fit + n_holdout asks for "
+                          f"{n_fit} + {n_holdout}")
     # Extremes go to the fit (no extrapolation); the held-out set is a random sample of the rest.
     fit_archs, holdout_archs = archs[:n_fit], archs[n_fit:]
     with tempfile.TemporaryDirectory(prefix="vitforge-lat-") as tmp:

@@ -21,9 +21,14 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
+from pipeline.errors import InputError
 from pipeline.models.supernet import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
+
+
+class BudgetError(InputError, ValueError):
+    """The target's budget cannot be met by any arch of the space: a tighter space or a looser budget is needed."""
 
 
 @dataclass
@@ -109,7 +114,7 @@ def evolutionary_search(
         population.add(space.smallest())
     draw(lambda: space.sample(rng), settings.population - len(population), population)
     if not population:
-        raise ValueError(f"no arch of the space is predicted to meet the budget of {budget_ms} ms")
+        raise BudgetError(f"no arch of the space is predicted to meet the budget of {budget_ms} ms")
     for gen in range(settings.generations):
         ranked = sorted((score(a) for a in population), key=lambda c: (-c.top1, c.predicted_ms))
         parents = [c.arch for c in ranked[: settings.parents]]
@@ -200,7 +205,7 @@ def choose(front: list[Candidate], measure_ms: Callable[[Arch], float], budget_m
         else:
             log.info("%s measured %.3f ms > budget %.3f ms; trying the next", cand.arch.short(), measured, budget_ms)
     if not within:
-        raise ValueError(f"no arch of the Pareto front meets the budget of {budget_ms} ms when measured: {tried}")
+        raise BudgetError(f"no arch of the Pareto front meets the budget of {budget_ms} ms when measured: {tried}")
     if finetune_top1 is None or len(within) == 1:
         cand, measured, _ = within[0]
         return Choice(cand, measured, tried, None)

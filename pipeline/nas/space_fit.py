@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import InputError
 from pipeline.models.supernet import Arch, SearchSpace
 from pipeline.targets import Target
 
@@ -39,7 +40,7 @@ MIN_GRID = 4  # tokens a side at the top image size: fewer leave attention littl
 FIT_KEYS = ("patch_choices", "n_img_sizes", "max_upscale")
 
 
-class SpaceFitError(ValueError):
+class SpaceFitError(InputError, ValueError):
     """The space cannot be fitted: no native size recorded, no measurable target, a bad fit setting."""
 
 

@@ -19,15 +19,21 @@ class Gate:
 
 
 def parity_gate(parity: Parity, p: dict[str, Any]) -> Gate:
-    """fp32: outputs within fp32_max_abs_diff and top-1 agreement; int8: agreement and accuracy, never export alone."""
-    if parity.precision == "int8":
+    """Each precision by its own limits (``export.<precision>_...``): half precision can never meet fp32's.
+    fp32/fp16: outputs within ``<precision>_max_abs_diff`` and top-1 agreement; int8: agreement and accuracy
+    drop, never the outputs alone (a quantized graph moves logits far more than it moves decisions)."""
+    prec = parity.precision
+    if prec == "int8":
         drop = parity.torch_test_top1 - parity.engine_test_top1
         passed = parity.top1_agreement >= p["int8_min_agreement"] and drop <= p["int8_max_top1_drop"]
         limits = {"min_agreement": p["int8_min_agreement"], "max_top1_drop": p["int8_max_top1_drop"],
                   "top1_drop": drop}
+    elif prec in ("fp32", "fp16"):
+        max_diff, min_agree = p[f"{prec}_max_abs_diff"], p[f"{prec}_min_agreement"]
+        passed = parity.max_abs_diff <= max_diff and parity.top1_agreement >= min_agree
+        limits = {"max_abs_diff_limit": max_diff, "min_agreement": min_agree}
     else:
-        passed = parity.max_abs_diff <= p["fp32_max_abs_diff"] and parity.top1_agreement >= p["fp32_min_agreement"]
-        limits = {"max_abs_diff_limit": p["fp32_max_abs_diff"], "min_agreement": p["fp32_min_agreement"]}
+        raise ValueError(f"parity: no limits for precision {prec!r} (fp32, fp16 or int8)")
     return Gate("check_edge_package_parity", passed, {**parity.to_dict(), **limits})
 
 
@@ -37,9 +43,11 @@ def latency_gate(p50_ms: float, p99_ms: float, budget_ms: float) -> Gate:
 
 
 def champion_gate(top1: float, champion: dict[str, Any] | None, tolerance: float) -> Gate:
+    """The candidate's test top-1 against the champion's, both measured on the same images (the candidate's
+    test split). ``champion``: {"version", "test_top1", "images"}, or None when the target has no champion."""
     if champion is None:
         return Gate("check_edge_package_accuracy_vs_champion", True,
                     {"test_top1": top1, "note": "no champion for this target yet"})
     return Gate("check_edge_package_accuracy_vs_champion", top1 >= champion["test_top1"] - tolerance,
                 {"test_top1": top1, "champion_top1": champion["test_top1"], "champion_version": champion["version"],
-                 "tolerance": tolerance})
+                 "images": champion["images"], "tolerance": tolerance})

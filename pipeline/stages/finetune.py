@@ -9,7 +9,7 @@ from typing import Any
 from pipeline import plots
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
-from pipeline.params import resolve
+from pipeline.paths import paths, write_result
 from pipeline.stages.common import check_dataset, provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
 
@@ -56,7 +56,7 @@ def run_finetune(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                  overrides: dict[str, Any] | None = None) -> FinetuneStageResult:
     target = architecture["target"]
     arch = Arch(**architecture["arch"])
-    out_dir = resolve(params["finetune"]["out_dir"], root) / target
+    out_dir = paths(root, params).finetune_dir(target)
     check_dataset(dataset)
     with tracker.run("finetune", {"dataset_version": dataset["version"], "target": target, **(tags or {})}) as run:
         import mlflow
@@ -75,5 +75,7 @@ def run_finetune(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                                                f"test top-1 {res.test.top1:.4f}"), "confusion_matrix.png")
         log_file(res.weights, "weights")
         run_id = run.info.run_id
-    return FinetuneStageResult(target, str(res.weights), arch.to_dict(), res.test.top1, res.test.to_dict(),
-                               res.classes, res.train.steps, res.train.seconds, dataset["version"], run_id, conf_uri)
+    result = FinetuneStageResult(target, str(res.weights), arch.to_dict(), res.test.top1, res.test.to_dict(),
+                                 res.classes, res.train.steps, res.train.seconds, dataset["version"], run_id, conf_uri)
+    write_result(paths(root, params).finetune_result(target), result.to_dict())
+    return result

@@ -1,4 +1,7 @@
-"""Stage ``package``: edge package for a target, its gates, and (only if all pass) registration."""
+"""Stage ``package``: edge package for a target, its gates, and (only if all pass) registration.
+
+Provenance is checked first: a project root outside a git checkout is refused (ProvenanceError)
+before anything is built, unless ``allow_dirty``."""
 
 from __future__ import annotations
 
@@ -8,9 +11,17 @@ from typing import Any
 
 from pipeline import plots
 from pipeline.export.package import build_package
-from pipeline.params import git_sha, resolve
+from pipeline.paths import paths, write_result
 from pipeline.registry.gates import champion_gate, latency_gate, parity_gate
-from pipeline.registry.mlflow_registry import alias, champion_of, register_package, version_tags
+from pipeline.registry.mlflow_registry import (
+    alias,
+    champion_of,
+    git_provenance,
+    register_package,
+    score_registered,
+    version_tags,
+)
+from pipeline.stages.common import check_dataset
 from pipeline.stages.search import resolve_target
 from pipeline.tracking import Tracker, log_figure, log_json
 
@@ -39,19 +50,27 @@ class PackageStageResult:
 
 def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[str, Any], model: dict[str, Any],
                 architecture: dict[str, Any] | None, target_name: str, *,
-                tags: dict[str, str] | None = None) -> PackageStageResult:
+                tags: dict[str, str] | None = None, allow_dirty: bool = False) -> PackageStageResult:
+    """``allow_dirty``: register even when ``root`` is not in a git checkout (the version records why it has
+    no git SHA); otherwise that raises ProvenanceError here, before the build."""
+    git = git_provenance(root, allow_dirty=allow_dirty)
     target, _ = resolve_target(root, params, target_name)
-    out_dir = resolve(params["export"]["out_dir"], root) / target.name
+    check_dataset(dataset)  # the folder still holds the version it claims
+    out_dir = paths(root, params).package_dir(target.name)
     model_name = params["registry"]["model_name"]
     with tracker.run("package", {"dataset_version": dataset["version"], "target": target.name, **(tags or {})}) as run:
         import mlflow
 
-        pkg = build_package(Path(model["weights"]), Path(dataset["tracked_dir"]), out_dir, target, params)
+        data_dir = Path(dataset["tracked_dir"])
+        pkg = build_package(Path(model["weights"]), data_dir, out_dir, target, params, root=root)
         lat, par = pkg.latency, pkg.parity
+        # The champion's own package, scored on the candidate's test split: the same images for both.
+        champion_version = champion_of(model_name, target.name)
+        champion = None if champion_version is None else score_registered(
+            model_name, champion_version, data_dir, pkg.classes, target.threads)
         gates = [parity_gate(par, params["export"]),
                  latency_gate(lat.p50_ms, lat.p99_ms, target.latency_budget_ms),
-                 champion_gate(par.engine_test_top1, champion_of(model_name, target.name),
-                               params["registry"]["champion_tolerance"])]
+                 champion_gate(par.engine_test_top1, champion, params["registry"]["champion_tolerance"])]
         mlflow.log_params({"target": target.name, "precision": target.precision, "optimizer": pkg.optimizer,
                            **{f"arch.{k}": v for k, v in pkg.arch.items()}})
         mlflow.log_metrics({"latency_p50_ms": lat.p50_ms, "latency_p90_ms": lat.p90_ms, "latency_p99_ms": lat.p99_ms,
@@ -67,11 +86,13 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
         if all(g.passed for g in gates):
             mape = architecture.get("latency_mape") if architecture else None
             version = register_package(pkg, model_name, version_tags(
-                pkg, dataset_version=dataset["version"], git_sha=git_sha(),
+                pkg, dataset_version=dataset["version"], git_sha=git.sha, git_dirty=git.dirty,
                 dagster_run_id=(tags or {}).get("dagster_run_id", ""), params=params,
                 test_top1=par.engine_test_top1, latency_mape=mape))
         mlflow.set_tag("registered_version", version or "none: a gate failed")
         run_id = run.info.run_id
-    return PackageStageResult(target.name, pkg.to_dict(), [g.to_dict() for g in gates], model_name, version,
-                              alias("candidate", target.name), par.engine_test_top1, lat.p50_ms, lat.p99_ms, run_id,
-                              hist_uri)
+    result = PackageStageResult(target.name, pkg.to_dict(), [g.to_dict() for g in gates], model_name, version,
+                                alias("candidate", target.name), par.engine_test_top1, lat.p50_ms, lat.p99_ms, run_id,
+                                hist_uri)
+    write_result(paths(root, params).package_result(target.name), result.to_dict())
+    return result

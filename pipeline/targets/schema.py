@@ -21,10 +21,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.errors import InputError
 from pipeline.specs import list_specs, load_spec
 
 
-class TargetError(ValueError):
+class TargetError(InputError, ValueError):
     pass
 
 

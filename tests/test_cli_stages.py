@@ -1,0 +1,75 @@
+"""Every CLI stage, one after another as dvc.yaml runs them, on a COCO set made from the real digit scans."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from conftest import set_params
+from PIL import Image
+
+import mlflow
+from pipeline.params import load_params
+from pipeline.paths import paths
+from pipeline.tracking import Tracker
+
+
+def digits_coco(root: Path, per_class: int = 40) -> Path:
+    """A COCO detection set: each 16 px scan one image, one box around the digit, category = the digit."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    (root / "images").mkdir(parents=True)
+    images, annotations, seen = [], [], Counter()
+    for i, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if seen[label] == per_class:
+            continue
+        seen[label] += 1
+        name = f"scan_{i:04d}.png"
+        gray = Image.fromarray((pixels * 255 / 16).astype(np.uint8)).resize((16, 16), Image.Resampling.NEAREST)
+        gray.convert("RGB").save(root / "images" / name)
+        images.append({"id": i, "file_name": name, "width": 16, "height": 16})
+        annotations.append({"id": 10_000 + i, "image_id": i, "category_id": int(label) + 1, "bbox": [2, 1, 12, 14]})
+    categories = [{"id": d + 1, "name": f"digit-{d}"} for d in range(10)]
+    (root / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                       "categories": categories}))
+    return root
+
+
+def vitforge(root: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(root), *args], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"vitforge {' '.join(args)}: {proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_each_stage_from_the_cli_on_a_coco_set_ends_registered(tiny_project, tmp_path):
+    set_params(tiny_project, latency__max_mape=1.0, targets_dir="targets")
+    (tiny_project / "targets").mkdir()
+    (tiny_project / "targets" / "box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\n"
+                                                       "threads: 1\nbatch_size: 1\nlatency_budget_ms: 50\n")
+    coco = digits_coco(tmp_path / "coco")
+    out = vitforge(tiny_project, "stage", "dataset", "--data", str(coco), "--format", "coco")
+    assert "400 images, 10 classes, format coco" in out
+    vitforge(tiny_project, "stage", "pretrain")
+    vitforge(tiny_project, "stage", "supernet")
+    search = vitforge(tiny_project, "stage", "search", "--target", "box")
+    assert "target box: budget 50 ms" in search
+    vitforge(tiny_project, "stage", "finetune", "--target", "box")
+    out = vitforge(tiny_project, "stage", "package", "--target", "box")
+    assert "registered vitforge-digits version 1 as candidate-box" in out
+
+    p = paths(tiny_project, load_params(tiny_project))
+    for f in (p.backbone(), p.supernet(), p.search_result("box"), p.finetune_result("box"),
+              p.package_result("box"), p.package_dir("box") / "model.onnx"):
+        assert f.is_file(), f
+    finetune = json.loads(p.finetune_result("box").read_text())
+    assert finetune["test_top1"] > 0.3  # 10 classes: well above chance
+    assert json.loads((p.package_dir("box") / "label_map.json").read_text())["0"] == "digit-0"
+    mlflow.set_tracking_uri(Tracker.from_params(p.params, tiny_project).tracking_uri)
+    mv = mlflow.MlflowClient().get_model_version_by_alias("vitforge-digits", "candidate-box")
+    assert mv.tags["target"] == "box" and mv.tags["dataset_version"] == finetune["dataset_version"]
