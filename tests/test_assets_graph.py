@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from conftest import set_params
@@ -20,7 +21,8 @@ from assets.resources import MlflowTracking, ProjectResource
 from assets.schedules import retrain_targets_sensor, weekly_retrain
 from assets.sensors import targets_sensor
 from pipeline.data.fingerprint import content_hash
-from pipeline.params import PACKAGE_ROOT
+from pipeline.params import PACKAGE_ROOT, load_params
+from pipeline.paths import paths
 
 
 def run_sensor(instance, project):
@@ -86,6 +88,11 @@ def test_weekly_retrain_ends_in_a_candidate_for_every_target_measurable_here(tin
         assert "check_architecture_latency_model_error" in checks
         pkg = result.output_for_node("edge_package")
         assert pkg["registered_version"] == "1" and pkg["candidate_alias"] == "candidate-edge-box"
+        p = paths(tiny_project, load_params(tiny_project))  # the files `vitforge stage` leaves, for bench/ and DVC
+        assert json.loads(p.search_result("edge-box").read_text())["arch"] == arch["arch"]
+        assert json.loads(p.finetune_result("edge-box").read_text())["weights"] == result.output_for_node("model")[
+            "weights"]
+        assert json.loads(p.package_result("edge-box").read_text())["registered_version"] == "1"
         assert all(checks[name] for name in ("check_edge_package_parity", "check_edge_package_latency_budget",
                                              "check_edge_package_accuracy_vs_champion"))
 

@@ -23,6 +23,7 @@ from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split, normalize
 from pipeline.models.supernet import Arch, build_vit, extract_subnet
 from pipeline.nas.supernet_train import load_strict, load_supernet, read_weights
+from pipeline.paths import MODEL
 from pipeline.recipe import BatchAugment, Recipe
 from pipeline.training import CheckpointError, TrainConfig, TrainResult, seed_everything, train
 from pipeline.weights import save_weights
@@ -133,7 +134,7 @@ def finetune(data_dir: Path, out_dir: Path, params: dict[str, Any], supernet_wei
                  for split in ("val", "test"))
     log.info("fine-tuned %s on %s: val top-1 %s, test top-1 %.4f (%d images)", arch.short(), config["train_splits"],
              "n/a (trained on)" if val is None else f"{val.top1:.4f} ({val.n} images)", test.top1, test.n)
-    weights = save_weights(out_dir / "model.safetensors", model.state_dict(), {**config, "kind": "timm-vit"})
+    weights = save_weights(out_dir / MODEL, model.state_dict(), {**config, "kind": "timm-vit"})
     return FinetuneResult(weights, ckpt, result, val, test, manifest.classes, arch)
 
 

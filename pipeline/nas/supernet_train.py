@@ -23,6 +23,7 @@ from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split, normalize
 from pipeline.errors import MissingStageError
 from pipeline.models.supernet import Arch, SearchSpace, Supernet
+from pipeline.paths import SUPERNET
 from pipeline.recipe import BatchAugment, Recipe
 from pipeline.training import CheckpointError, TrainConfig, TrainResult, first_line, seed_everything, train
 from pipeline.weights import load_weights, save_weights
@@ -175,5 +176,5 @@ def train_supernet(
     val_top1 = {a.short(): evaluate(net, a, x_val, y_val) for a in archs}
     for name, acc in val_top1.items():
         log.info("val top-1 %-28s %.4f", name, acc)
-    weights = save_weights(out_dir / "supernet.safetensors", net.vit.state_dict(), {**config, "kind": "supernet"})
+    weights = save_weights(out_dir / SUPERNET, net.vit.state_dict(), {**config, "kind": "supernet"})
     return SupernetResult(weights, ckpt, result, val_top1, {a.short(): a.to_dict() for a in archs})

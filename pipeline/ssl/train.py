@@ -17,6 +17,7 @@ from timm.layers import resample_abs_pos_embed
 
 from pipeline.data.tensors import load_images, normalize
 from pipeline.models.supernet import SearchSpace
+from pipeline.paths import BACKBONE
 from pipeline.ssl.mae import MAE, MAEConfig
 from pipeline.training import CheckpointError, TrainConfig, TrainResult, seed_everything, train
 from pipeline.weights import load_weights, save_weights
@@ -234,7 +235,7 @@ def pretrain(
     ckpt = out_dir / "checkpoint.pt"
     config = {"mae": mae_cfg.to_dict(), "space": params["space"], "arch": space.largest().to_dict(), **(meta or {})}
     result = train(model, step_loss, len(x), cfg, checkpoint=ckpt, resume=resume, config=config, desc="pretrain")
-    weights = out_dir / "backbone.safetensors"
+    weights = out_dir / BACKBONE
     if not dist.is_initialized() or dist.get_rank() == 0:
         save_weights(weights, model.encoder.state_dict(), {**config, "kind": "mae-encoder"})
     return PretrainResult(weights, ckpt, result, model, x)

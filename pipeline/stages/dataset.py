@@ -21,6 +21,7 @@ from pipeline.data.manifest import UNLABELED
 from pipeline.data.readers import read_unlabeled
 from pipeline.data.versioning import aside, commit_version, recover_interrupted
 from pipeline.params import resolve
+from pipeline.paths import paths
 from pipeline.tracking import Tracker, log_figure, log_file, log_json
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def run_dataset(
 ) -> DatasetResult:
     """``unlabeled``: a folder of images without labels (any tree) that only MAE pre-training sees."""
     p = params["dataset"]
-    target = resolve(p["tracked_dir"], root)
+    target = paths(root, params).dataset()
     remote_url = resolve(p["dvc_remote_url"], root)
     # A commit a killed run left half done is finished or undone first, whatever this run's input.
     recover_interrupted(root, target, p["dvc_remote_name"], remote_url)

@@ -10,7 +10,7 @@ import torch
 
 from pipeline import plots
 from pipeline.nas.space_fit import resolve_space
-from pipeline.params import resolve
+from pipeline.paths import paths
 from pipeline.ssl.train import pretrain
 from pipeline.stages.common import check_dataset, provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
@@ -56,7 +56,7 @@ def run_pretrain(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                  tags: dict[str, str] | None = None, resume: bool = False,
                  overrides: dict[str, Any] | None = None) -> PretrainStageResult:
     p = params["pretrain"]
-    out_dir = resolve(p["out_dir"], root)
+    out_dir = paths(root, params).pretrain_dir()
     check_dataset(dataset)
     with tracker.run("pretrain", {"dataset_version": dataset["version"], **(tags or {})}) as run:
         import mlflow

@@ -11,7 +11,6 @@ from pipeline import plots
 from pipeline.errors import MissingStageError, ParamsError
 from pipeline.nas.space_fit import resolve_space
 from pipeline.nas.supernet_train import read_weights, train_supernet
-from pipeline.params import resolve
 from pipeline.paths import paths
 from pipeline.stages.common import check_dataset, provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
@@ -61,7 +60,7 @@ def run_supernet(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                  backbone: str | None, *, tags: dict[str, str] | None = None, resume: bool = False,
                  overrides: dict[str, Any] | None = None) -> SupernetStageResult:
     p = params["supernet"]
-    out_dir = resolve(p["out_dir"], root)
+    out_dir = paths(root, params).supernet_dir()
     start = backbone_to_start_from(root, params, backbone)
     check_dataset(dataset)
     with tracker.run("supernet", {"dataset_version": dataset["version"], **(tags or {})}) as run:
