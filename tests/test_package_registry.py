@@ -453,3 +453,12 @@ def test_train_on_val_trains_on_both_splits_and_claims_no_val_estimate(shipped, 
     assert runs[False].val is not None and runs[True].val is None
     assert runs[True].test.n == runs[False].test.n  # test is never trained on
     assert load_weights(runs[True].weights)[1]["train_splits"] == ["train", "val"]
+
+
+def test_a_p50_over_budget_once_is_judged_on_the_median_of_its_remeasurements():
+    from pipeline.registry.gates import latency_gate
+
+    assert not latency_gate(0.25, 0.3, 0.2).passed  # measured once: over budget fails
+    spell = latency_gate(0.25, 0.3, 0.2, [0.18, 0.19, 0.17, 0.26])  # one slow spell among five
+    assert spell.passed and spell.details["judged_p50_ms"] == 0.19 and spell.details["measurements"] == 5
+    assert not latency_gate(0.25, 0.3, 0.2, [0.21, 0.24, 0.19, 0.22]).passed  # over budget beyond the noise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,9 +38,14 @@ def parity_gate(parity: Parity, p: dict[str, Any]) -> Gate:
     return Gate("check_edge_package_parity", passed, {**parity.to_dict(), **limits})
 
 
-def latency_gate(p50_ms: float, p99_ms: float, budget_ms: float) -> Gate:
-    return Gate("check_edge_package_latency_budget", p50_ms <= budget_ms,
-                {"p50_ms": p50_ms, "p99_ms": p99_ms, "budget_ms": budget_ms})
+def latency_gate(p50_ms: float, p99_ms: float, budget_ms: float, remeasured_p50_ms: list[float] | None = None) -> Gate:
+    """p50 within the budget. A first p50 over it is not the verdict when it was measured again: sub-millisecond
+    timings move by tens of percent between runs on a shared machine, so the median of every p50 taken decides."""
+    taken = [p50_ms, *(remeasured_p50_ms or [])]
+    judged = float(statistics.median(taken))
+    return Gate("check_edge_package_latency_budget", judged <= budget_ms,
+                {"p50_ms": p50_ms, "p99_ms": p99_ms, "budget_ms": budget_ms, "judged_p50_ms": judged,
+                 "measurements": len(taken)})
 
 
 def champion_gate(top1: float, champion: dict[str, Any] | None, tolerance: float) -> Gate:

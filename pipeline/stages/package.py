@@ -68,8 +68,19 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
         champion_version = champion_of(model_name, target.name)
         champion = None if champion_version is None else score_registered(
             model_name, champion_version, data_dir, pkg.classes, target.threads)
+        remeasured = []
+        if lat.p50_ms > target.latency_budget_ms:  # over budget once: measured again before it fails (bounded)
+            import time
+
+            from pipeline.targets.latency import measure_latency
+
+            ex = params["export"]
+            for _ in range(ex["latency_remeasure"]):
+                time.sleep(0.2)  # apart in time, so that one slow spell of a shared machine does not decide
+                remeasured.append(measure_latency(pkg.onnx, target, input_size=pkg.arch["img_size"],
+                                                  warmup=ex["warmup"], runs=ex["runs"]).p50_ms)
         gates = [parity_gate(par, params["export"]),
-                 latency_gate(lat.p50_ms, lat.p99_ms, target.latency_budget_ms),
+                 latency_gate(lat.p50_ms, lat.p99_ms, target.latency_budget_ms, remeasured),
                  champion_gate(par.engine_test_top1, champion, params["registry"]["champion_tolerance"])]
         mlflow.log_params({"target": target.name, "precision": target.precision, "optimizer": pkg.optimizer,
                            **{f"arch.{k}": v for k, v in pkg.arch.items()}})
