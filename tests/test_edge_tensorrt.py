@@ -60,7 +60,8 @@ class StandInTensorRT:
 
         def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             x = feed[meta["input"]]
-            assert 1 <= len(x) <= meta["batch"], "a batch outside the engine's optimization profile"
+            if not 1 <= len(x) <= meta["batch"]:  # TensorRT refuses a shape outside the optimization profile
+                raise ValueError(f"batch {len(x)} outside the engine's profile 1..{meta['batch']}")
             return {"logits": session.run(None, {meta["input"]: x})[0]}
 
         return infer

@@ -18,13 +18,12 @@ from conftest import TINY, make_project, set_params
 import mlflow
 from pipeline.data import load_manifest
 from pipeline.export import package as package_mod
-from pipeline.export.package import Parity
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import SearchSpace
 from pipeline.nas.supernet_train import train_supernet
 from pipeline.params import PACKAGE_ROOT, load_params
-from pipeline.registry.gates import champion_gate, parity_gate
-from pipeline.registry.mlflow_registry import ProvenanceError, alias, champion_of, git_provenance, load_registered
+from pipeline.registry.gates import parity_gate
+from pipeline.registry.mlflow_registry import ProvenanceError, alias, load_registered
 from pipeline.stages.package import run_package
 from pipeline.targets import load_target
 from pipeline.tracking import Tracker
@@ -234,25 +233,6 @@ def test_champion_is_scored_on_the_candidates_own_test_images(shipped, tmp_path)
     assert str(moved) == good.registered_version  # the alias did not move
 
 
-def test_champion_lookup_fails_loudly_on_registry_errors_other_than_a_missing_alias(tmp_path, monkeypatch):
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, PERMISSION_DENIED
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    assert champion_of("no-such-model", "t") is None  # no registered model: no champion
-    mlflow.MlflowClient().create_registered_model("m")
-    assert champion_of("m", "t") is None  # the store's own "alias not found"
-    for code, message in ((INTERNAL_ERROR, "database is locked"),
-                          (INVALID_PARAMETER_VALUE, "Invalid model name 'm'"),
-                          (PERMISSION_DENIED, "no read access to model m")):
-        def failing(self, name, alias_name, code=code, message=message):
-            raise MlflowException(message, error_code=code)
-
-        monkeypatch.setattr(mlflow.MlflowClient, "get_model_version_by_alias", failing)
-        with pytest.raises(MlflowException, match=message):
-            champion_of("m", "t")
-
-
 def test_registration_refuses_a_project_outside_git_unless_allowed(shipped, tmp_path, monkeypatch):
     root, _, _ = shipped
     loose = tmp_path / "loose"
@@ -268,35 +248,6 @@ def test_registration_refuses_a_project_outside_git_unless_allowed(shipped, tmp_
     assert res.registered_version is not None
     mv = mlflow.MlflowClient().get_model_version(res.registered_model, res.registered_version)
     assert mv.tags["git_dirty"] == "true" and "not inside a git checkout" in mv.tags["git_sha"]
-
-
-def test_git_provenance_records_sha_and_dirty_tree(tmp_path):
-    (tmp_path / "f.txt").write_text("a")
-    git(tmp_path, "init", "-q")
-    with pytest.raises(ProvenanceError, match="no commit"):
-        git_provenance(tmp_path)
-    git(tmp_path, "add", "f.txt")
-    git(tmp_path, "commit", "-q", "-m", "c")
-    head = git(tmp_path, "rev-parse", "HEAD")
-    assert git_provenance(tmp_path) == git_provenance(tmp_path, allow_dirty=True)
-    assert (git_provenance(tmp_path).sha, git_provenance(tmp_path).dirty) == (head, False)
-    (tmp_path / "untracked.txt").write_text("u")
-    assert not git_provenance(tmp_path).dirty  # untracked files (runs/, mlflow/) do not count
-    (tmp_path / "f.txt").write_text("b")
-    assert git_provenance(tmp_path).dirty and git_provenance(tmp_path).sha == head
-
-
-def test_gates_on_hand_made_figures():
-    p = load_params(PACKAGE_ROOT)["export"]
-    ok = Parity(64, 2e-6, 1.0, 0.95, 0.95, "fp32")
-    assert parity_gate(ok, p).passed
-    assert not parity_gate(Parity(64, 3e-3, 1.0, 0.95, 0.95, "fp32"), p).passed
-    assert not parity_gate(Parity(64, 2e-6, 0.98, 0.95, 0.95, "fp32"), p).passed
-    assert parity_gate(Parity(64, 0.3, 1.0, 0.945, 0.95, "int8"), p).passed  # judged on accuracy
-    assert not parity_gate(Parity(64, 0.01, 1.0, 0.90, 0.95, "int8"), p).passed
-    assert champion_gate(0.9, None, 0.005).passed
-    assert champion_gate(0.9, {"version": "3", "test_top1": 0.904, "images": 180}, 0.005).passed
-    assert not champion_gate(0.9, {"version": "3", "test_top1": 0.91, "images": 180}, 0.005).passed
 
 
 def test_tensorrt_int8_package_wires_calibration_and_engine_cache(shipped, monkeypatch, tmp_path):
@@ -453,12 +404,3 @@ def test_train_on_val_trains_on_both_splits_and_claims_no_val_estimate(shipped, 
     assert runs[False].val is not None and runs[True].val is None
     assert runs[True].test.n == runs[False].test.n  # test is never trained on
     assert load_weights(runs[True].weights)[1]["train_splits"] == ["train", "val"]
-
-
-def test_a_p50_over_budget_once_is_judged_on_the_median_of_its_remeasurements():
-    from pipeline.registry.gates import latency_gate
-
-    assert not latency_gate(0.25, 0.3, 0.2).passed  # measured once: over budget fails
-    spell = latency_gate(0.25, 0.3, 0.2, [0.18, 0.19, 0.17, 0.26])  # one slow spell among five
-    assert spell.passed and spell.details["judged_p50_ms"] == 0.19 and spell.details["measurements"] == 5
-    assert not latency_gate(0.25, 0.3, 0.2, [0.21, 0.24, 0.19, 0.22]).passed  # over budget beyond the noise

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitforge_edge.engines import file_sha256 as sha256
 from vitforge_edge.model import EdgeModel
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,6 @@ class CheckResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_files(folder: Path, expected: dict[str, str]) -> list[str]:
