@@ -2,16 +2,16 @@
 
 from dagster import (
     AssetCheckResult,
-    AssetCheckSpec,
     AssetExecutionContext,
     Config,
+    Failure,
     MetadataValue,
     Output,
     asset,
 )
 
-from assets.metadata import artifact, mlflow_run
-from assets.partitions import targets_partitions
+from assets.metadata import mlflow_run, pareto_table, plots
+from assets.partitions import partitioned_check, targets_partitions
 from assets.resources import MlflowTracking, ProjectResource
 from pipeline.paths import paths
 from pipeline.stages.search import run_search
@@ -27,11 +27,11 @@ class ArchitectureConfig(Config):
     group_name="search", partitions_def=targets_partitions,
     description="Latency model fitted on the target, evolutionary search under its budget, chosen arch measured.",
     check_specs=[
-        AssetCheckSpec("check_architecture_latency_model_error", asset="architecture", blocking=True,
-                       description="Latency-model MAPE on held-out subnets within latency.max_mape, judged "
-                                   "beside the measurement noise"),
-        AssetCheckSpec("check_architecture_within_budget", asset="architecture", blocking=True,
-                       description="The chosen arch's measured p50 is within the target's budget"),
+        partitioned_check("check_architecture_latency_model_error", "architecture",
+                          "Latency-model MAPE on held-out subnets within latency.max_mape, judged beside the "
+                          "measurement noise"),
+        partitioned_check("check_architecture_within_budget", "architecture",
+                          "The chosen arch's measured p50 is within the target's budget"),
     ],
 )
 def architecture(context: AssetExecutionContext, config: ArchitectureConfig, dataset: dict, supernet: dict,
@@ -44,20 +44,28 @@ def architecture(context: AssetExecutionContext, config: ArchitectureConfig, dat
     res = run_search(project.path, params, tracker, dataset, supernet["weights"], target,
                      tags={"dagster_run_id": context.run_id})
     context.log.info(f"{target}: chose {res.arch} (val top-1 {res.val_top1:.4f}, p50 {res.measured_p50_ms:.3f} ms)")
+    max_mape = params["latency"]["max_mape"]
+    checks = [
+        AssetCheckResult(
+            check_name="check_architecture_latency_model_error", passed=res.latency_passed,
+            metadata={"mape": res.latency_mape, "noise": res.latency_noise, "max_error": res.latency_max_error,
+                      "threshold": max_mape, "verdict": res.latency_verdict}),
+        AssetCheckResult(
+            check_name="check_architecture_within_budget", passed=res.measured_p50_ms <= res.budget_ms,
+            metadata={"measured_p50_ms": res.measured_p50_ms, "budget_ms": res.budget_ms,
+                      "tried": MetadataValue.json(res.tried)}),
+    ]
+    if not res.passed:  # the checks fail for this partition, and no materialization claims it is good
+        yield from checks
+        raise Failure(f"{target}: gate(s) failed: {', '.join(res.failed_gates)} ({res.latency_verdict}; p50 "
+                      f"{res.measured_p50_ms:.3f} ms, budget {res.budget_ms:g} ms)",
+                      metadata=mlflow_run(tracker, res.mlflow_run_id))
     yield Output(res.to_dict(), metadata={
         "arch": MetadataValue.json(res.arch), "val_top1": res.val_top1,
         "measured_p50_ms": res.measured_p50_ms, "budget_ms": res.budget_ms,
         "speedup_vs_largest": res.largest_p50_ms / res.measured_p50_ms,
-        "latency_model_mape": res.latency_mape, "pareto_front": MetadataValue.json(res.front),
-        "pareto_plot": artifact(res.pareto_uri), "latency_model_plot": artifact(res.latency_scatter_uri),
+        "latency_model_mape": res.latency_mape, "pareto_front": pareto_table(res.front),
+        **plots(tracker, res.mlflow_run_id, pareto_plot=res.pareto_uri, latency_model_plot=res.latency_scatter_uri),
         **mlflow_run(tracker, res.mlflow_run_id),
     })
-    max_mape = params["latency"]["max_mape"]
-    yield AssetCheckResult(
-        check_name="check_architecture_latency_model_error", passed=res.latency_passed,
-        metadata={"mape": res.latency_mape, "noise": res.latency_noise, "max_error": res.latency_max_error,
-                  "threshold": max_mape, "verdict": res.latency_verdict})
-    yield AssetCheckResult(
-        check_name="check_architecture_within_budget", passed=res.measured_p50_ms <= res.budget_ms,
-        metadata={"measured_p50_ms": res.measured_p50_ms, "budget_ms": res.budget_ms,
-                  "tried": MetadataValue.json(res.tried)})
+    yield from checks

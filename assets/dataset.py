@@ -4,7 +4,7 @@
 from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
-from assets.metadata import artifact, mlflow_run
+from assets.metadata import mlflow_run, plots
 from assets.resources import MlflowTracking, ProjectResource
 from pipeline.stages.dataset import run_dataset
 
@@ -41,7 +41,7 @@ def dataset(
             "classes": MetadataValue.json(res.classes),
             "split_counts": MetadataValue.json(res.counts),
             "skipped": MetadataValue.json(res.skipped),
-            "class_histogram": artifact(res.histogram_uri),
+            **plots(tracker, res.mlflow_run_id, class_histogram=res.histogram_uri),
             "manifest": MetadataValue.path(res.manifest_path),
             **mlflow_run(tracker, res.mlflow_run_id),
         },

@@ -2,37 +2,21 @@
 
 import os
 
-from dagster import Definitions, EnvVar, FilesystemIOManager
+from dagster import Definitions
 
 from assets.architecture import architecture
 from assets.checks import check_dataset_valid
 from assets.dataset import dataset
+from assets.deployments import deployment_resources
 from assets.fleets import fleet_candidate_sensor, fleet_progress_sensor, fleet_rollout
-from assets.resources import MlflowTracking, ProjectResource
 from assets.schedules import retrain_job, retrain_targets_sensor, ship_job, weekly_retrain
 from assets.sensors import data_change_sensor, targets_sensor
 from assets.shipping import edge_package, model
 from assets.training import pretrained_backbone, supernet
 
-project = ProjectResource()
-
-RESOURCES = {
-    "local": {
-        "project": project,
-        "mlflow": MlflowTracking(project=project),
-        "io_manager": FilesystemIOManager(base_dir=str(project.path / ".dagster" / "storage")),
-    },
-    "prod": {
-        "project": project,
-        "mlflow": MlflowTracking(project=project, tracking_uri=EnvVar("MLFLOW_TRACKING_URI")),
-        "io_manager": FilesystemIOManager(base_dir=str(project.path / ".dagster" / "storage")),
-    },
-}
-
-
 
 def definitions(resources: dict) -> Definitions:
-    """The code location with ``resources``: a deployment's from RESOURCES, or a test's own."""
+    """The code location with ``resources``: a deployment's (assets/deployments.py), or a test's own."""
     return Definitions(
         assets=[dataset, pretrained_backbone, supernet, architecture, model, edge_package],
         sensors=[targets_sensor, data_change_sensor, retrain_targets_sensor, fleet_candidate_sensor,
@@ -44,4 +28,4 @@ def definitions(resources: dict) -> Definitions:
     )
 
 
-defs = definitions(RESOURCES[os.environ.get("VITFORGE_DEPLOYMENT", "local")])
+defs = definitions(deployment_resources(os.environ.get("VITFORGE_DEPLOYMENT", "local")))

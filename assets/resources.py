@@ -31,6 +31,7 @@ class MlflowTracking(ConfigurableResource):
     tracking_uri: str | None = None
     experiment: str | None = None
     artifact_root: str | None = None
+    ui_url: str | None = None  # the MLflow UI that Dagster metadata links to (default: params.yaml mlflow.ui_url)
 
     def tracker(self) -> Tracker:
         root = self.project.path
@@ -38,4 +39,6 @@ class MlflowTracking(ConfigurableResource):
         artifacts = Path(self.artifact_root or p["artifact_root"])
         artifacts = artifacts if artifacts.is_absolute() else root / artifacts
         uri = absolute_tracking_uri(self.tracking_uri or p["tracking_uri"], root)
-        return Tracker(uri, self.experiment or p["experiment"], artifacts)
+        tracker = Tracker(uri, self.experiment or p["experiment"], artifacts)
+        tracker.ui_url = self.ui_url or p.get("ui_url")  # read by assets/metadata.py
+        return tracker

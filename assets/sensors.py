@@ -12,7 +12,7 @@ from dagster import (
     sensor,
 )
 
-from assets.partitions import targets_partitions
+from assets.partitions import partition_changes, targets_partitions
 from assets.resources import ProjectResource
 from assets.schedules import retrain_job
 from pipeline.data.fingerprint import content_hash, stat_fingerprint
@@ -25,11 +25,10 @@ from pipeline.targets import list_targets
         description="Adds a `targets` partition per infra/targets/*.yaml and removes those whose file is gone.")
 def targets_sensor(context: SensorEvaluationContext, project: ProjectResource):
     folder = resolve(project.params()["targets_dir"], project.path)
-    on_disk = set(list_targets(folder))
-    known = set(context.instance.get_dynamic_partitions(targets_partitions.name))
-    added, removed = sorted(on_disk - known), sorted(known - on_disk)
+    on_disk = sorted(list_targets(folder))
+    added, removed = partition_changes(context.instance, on_disk)
     if not added and not removed:
-        return SkipReason(f"targets unchanged: {sorted(on_disk)}")
+        return SkipReason(f"targets unchanged: {on_disk}")
     context.log.info(f"targets added {added}, removed {removed}")
     requests = []
     if added:

@@ -2,17 +2,17 @@
 
 from dagster import (
     AssetCheckResult,
-    AssetCheckSpec,
     AssetExecutionContext,
     Config,
+    Failure,
     MetadataValue,
     Output,
     asset,
 )
 from pydantic import Field
 
-from assets.metadata import artifact, mlflow_run
-from assets.partitions import targets_partitions
+from assets.metadata import latency_table, mlflow_run, plots, registered_version_link
+from assets.partitions import partitioned_check, targets_partitions
 from assets.resources import MlflowTracking, ProjectResource
 from pipeline.stages.finetune import run_finetune
 from pipeline.stages.package import run_package
@@ -44,12 +44,13 @@ def model(context: AssetExecutionContext, config: ModelConfig, dataset: dict, ar
     context.log.info(f"{res.target}: test top-1 {res.test_top1:.4f}")
     return Output(res.to_dict(), metadata={
         "test_top1": res.test_top1, "arch": MetadataValue.json(res.arch), "weights": MetadataValue.path(res.weights),
-        "confusion_matrix": artifact(res.confusion_uri), **mlflow_run(tracker, res.mlflow_run_id)})
+        **plots(tracker, res.mlflow_run_id, confusion_matrix=res.confusion_uri),
+        **mlflow_run(tracker, res.mlflow_run_id)})
 
 
 @asset(group_name="ship", partitions_def=targets_partitions,
        description="ONNX (+ engine) proven on the target: parity, latency; registered as candidate if all pass.",
-       check_specs=[AssetCheckSpec(name, asset="edge_package", blocking=True) for name in GATES])
+       check_specs=[partitioned_check(name, "edge_package") for name in GATES])
 def edge_package(context: AssetExecutionContext, config: EdgePackageConfig, dataset: dict, model: dict,
                  architecture: dict, project: ProjectResource, mlflow: MlflowTracking):
     tracker = mlflow.tracker()
@@ -57,12 +58,18 @@ def edge_package(context: AssetExecutionContext, config: EdgePackageConfig, data
                       tags={"dagster_run_id": context.run_id}, allow_dirty=config.allow_dirty)
     context.log.info(f"{res.target}: p50 {res.p50_ms:.3f} ms, top-1 {res.test_top1:.4f}, "
                      f"registered version {res.registered_version}")
+    checks = [AssetCheckResult(check_name=g["name"], passed=g["passed"],
+                               metadata={k: v for k, v in g["details"].items() if isinstance(v, (int, float, str))})
+              for g in res.gates]
+    if not res.passed:  # nothing registered: the partition shows the failed checks, not a good package
+        yield from checks
+        raise Failure(f"{res.target}: gate(s) failed: {', '.join(g['name'] for g in res.gates if not g['passed'])}; "
+                      "nothing registered, no alias moved", metadata=mlflow_run(tracker, res.mlflow_run_id))
     yield Output(res.to_dict(), metadata={
-        "registered_model": res.registered_model,
-        "registered_version": res.registered_version or "none: a gate failed",
+        "registered_model": res.registered_model, "registered_version": res.registered_version,
+        **registered_version_link(tracker, res.registered_model, res.registered_version),
         "latency_p50_ms": res.p50_ms, "latency_p99_ms": res.p99_ms, "test_top1": res.test_top1,
-        "package": MetadataValue.path(res.package["folder"]),
-        "latency_histogram": artifact(res.latency_histogram_uri), **mlflow_run(tracker, res.mlflow_run_id)})
-    for gate in res.gates:
-        yield AssetCheckResult(check_name=gate["name"], passed=gate["passed"],
-                               metadata={k: v for k, v in gate["details"].items() if isinstance(v, (int, float, str))})
+        "package": MetadataValue.path(res.package["folder"]), "latency_report": latency_table(res.package["latency"]),
+        **plots(tracker, res.mlflow_run_id, latency_histogram=res.latency_histogram_uri),
+        **mlflow_run(tracker, res.mlflow_run_id)})
+    yield from checks

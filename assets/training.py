@@ -3,7 +3,7 @@
 from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
-from assets.metadata import artifact, mlflow_run
+from assets.metadata import mlflow_run, plots
 from assets.resources import MlflowTracking, ProjectResource
 from pipeline.stages.pretrain import run_pretrain
 from pipeline.stages.supernet import run_supernet
@@ -38,7 +38,7 @@ def pretrained_backbone(context: AssetExecutionContext, config: PretrainConfig, 
     return Output(res.to_dict(), metadata={
         "final_loss": res.final_loss, "steps": res.steps, "images_per_s": res.images_per_s,
         "weights": MetadataValue.path(res.weights), "dataset_version": res.dataset_version,
-        "loss_curve": artifact(res.loss_curve_uri), "reconstructions": artifact(res.reconstructions_uri),
+        **plots(tracker, res.mlflow_run_id, loss_curve=res.loss_curve_uri, reconstructions=res.reconstructions_uri),
         "space": MetadataValue.json(res.space), "space_fit": MetadataValue.json(res.space_fit),
         **mlflow_run(tracker, res.mlflow_run_id),
     })
@@ -55,6 +55,6 @@ def supernet(context: AssetExecutionContext, config: SupernetConfig, dataset: di
     return Output(res.to_dict(), metadata={
         "val_top1": MetadataValue.json(res.val_top1), "steps": res.steps,
         "weights": MetadataValue.path(res.weights), "dataset_version": res.dataset_version,
-        "loss_curve": artifact(res.loss_curve_uri), "val_top1_plot": artifact(res.val_top1_uri),
+        **plots(tracker, res.mlflow_run_id, loss_curve=res.loss_curve_uri, val_top1_plot=res.val_top1_uri),
         **mlflow_run(tracker, res.mlflow_run_id),
     })

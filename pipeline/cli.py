@@ -122,6 +122,10 @@ def cmd_stage_search(args: argparse.Namespace) -> int:
     print(f"largest  {res.largest_arch}  val top-1 {res.largest_val_top1:.4f}  p50 {res.largest_p50_ms:.3f} ms")
     print(f"speedup  {res.largest_p50_ms / res.measured_p50_ms:.1f}x; {res.evaluated} archs evaluated; "
           f"MLflow run {res.mlflow_run_id}")
+    if not res.passed:  # as the blocking Dagster checks do: nothing downstream runs on this arch
+        print(f"a gate failed ({', '.join(res.failed_gates)}): no search result written, the MLflow run is marked "
+              "FAILED", file=sys.stderr)
+        return 1
     return 0
 
 

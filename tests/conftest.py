@@ -79,7 +79,7 @@ TINY = {
     "supernet__epochs": 1, "supernet__batch_size": 64, "supernet__warmup_steps": 2, "supernet__checkpoint_every": 5,
     "supernet__eval_random_archs": 2, "supernet__threads": 1,
     "dataset__demo_image_size": 16,
-    "latency__n_fit": 8, "latency__n_holdout": 4, "latency__warmup": 2, "latency__runs": 10,
+    "latency__n_fit": 10, "latency__n_holdout": 6, "latency__warmup": 2, "latency__runs": 10,
     "search__population": 4, "search__generations": 2, "search__parents": 2, "search__mutations_per_gen": 2,
     "search__crossovers_per_gen": 2,
     "finetune__epochs": 2, "finetune__threads": 1, "finetune__warmup_steps": 2, "finetune__checkpoint_every": 10,

@@ -48,7 +48,7 @@ def vitforge(capsys, root: Path, *args: str) -> str:
 
 
 def test_each_stage_from_the_cli_on_a_coco_set_ends_registered(tiny_project, tmp_path, capsys):
-    set_params(tiny_project, latency__max_mape=1.0, targets_dir="targets")
+    set_params(tiny_project, targets_dir="targets")
     (tiny_project / "targets").mkdir()
     (tiny_project / "targets" / "box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\n"
                                                        "threads: 1\nbatch_size: 1\nlatency_budget_ms: 50\n")

@@ -41,3 +41,13 @@ def provenance(dataset: dict[str, Any], tags: dict[str, str] | None) -> dict[str
     """Carried by every checkpoint and weights file: dataset version, git SHA, Dagster run id."""
     return {"dataset_version": dataset["version"], "git_sha": git_sha(),
             "dagster_run_id": (tags or {}).get("dagster_run_id", "")}
+
+
+def mark_failed(run_id: str, failed: list[str]) -> None:
+    """A stage whose gate failed: its MLflow run ends FAILED (not FINISHED), tagged with the gates that failed,
+    so the run list shows it as the UI's checks do."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(run_id, "vitforge.failed_gates", ", ".join(failed))
+    client.set_terminated(run_id, "FAILED")

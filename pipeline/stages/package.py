@@ -21,7 +21,7 @@ from pipeline.registry.mlflow_registry import (
     score_registered,
     version_tags,
 )
-from pipeline.stages.common import check_dataset
+from pipeline.stages.common import check_dataset, mark_failed
 from pipeline.stages.search import resolve_target
 from pipeline.tracking import Tracker, log_figure, log_json
 
@@ -105,5 +105,7 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
     result = PackageStageResult(target.name, pkg.to_dict(), [g.to_dict() for g in gates], model_name, version,
                                 alias("candidate", target.name), par.engine_test_top1, lat.p50_ms, lat.p99_ms, run_id,
                                 hist_uri)
+    if not result.passed:
+        mark_failed(run_id, [g["name"] for g in result.gates if not g["passed"]])
     write_result(paths(root, params).package_result(target.name), result.to_dict())
     return result

@@ -18,7 +18,7 @@ from pipeline.nas.search import SearchSettings, choose, evolutionary_search, wit
 from pipeline.nas.supernet_train import evaluate, load_supernet
 from pipeline.params import resolve
 from pipeline.paths import paths, write_result
-from pipeline.stages.common import check_dataset
+from pipeline.stages.common import check_dataset, mark_failed
 from pipeline.targets import Target, TargetError, list_targets, load_target
 from pipeline.tracking import Tracker, log_figure, log_json
 
@@ -61,6 +61,16 @@ class SearchStageResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def failed_gates(self) -> list[str]:
+        """The search's gates that failed: the latency model's error, and the chosen arch's measured p50."""
+        return ([] if self.latency_passed else ["latency_model_error"]) + (
+            [] if self.measured_p50_ms <= self.budget_ms else ["within_budget"])
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed_gates
 
 
 def resolve_target(root: Path, params: dict[str, Any], name: str) -> tuple[Target, Path]:
@@ -183,6 +193,11 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         largest_top1, largest_ms, len(evaluated), fr, tried,
         str(paths(root, params).latency_model(target.name)), supernet_weights, dataset["version"], run_id,
         pareto_uri, scatter_uri)
-    write_result(paths(root, params).search_result(target.name), result.to_dict())
+    out = paths(root, params).search_result(target.name)
+    if result.passed:
+        write_result(out, result.to_dict())
+    else:  # nothing downstream may take this arch, nor an older one for this target
+        mark_failed(run_id, result.failed_gates)
+        out.unlink(missing_ok=True)
     return result
 
