@@ -44,28 +44,36 @@ def architecture(context: AssetExecutionContext, config: ArchitectureConfig, dat
     res = run_search(project.path, params, tracker, dataset, supernet["weights"], target,
                      tags={"dagster_run_id": context.run_id})
     context.log.info(f"{target}: chose {res.arch} (val top-1 {res.val_top1:.4f}, p50 {res.measured_p50_ms:.3f} ms)")
-    max_mape = params["latency"]["max_mape"]
+    output, checks = architecture_events(res, tracker, params)
+    if output is None:  # the checks fail for this partition, and no materialization claims it is good
+        yield from checks
+        raise Failure(f"{target}: gate(s) failed: {', '.join(res.failed_gates)} ({res.latency_verdict}; p50 "
+                      f"{res.measured_p50_ms:.3f} ms, budget {res.budget_ms:g} ms)",
+                      metadata=mlflow_run(tracker, res.mlflow_run_id))
+    yield output
+    yield from checks
+
+
+def architecture_events(res, tracker, params: dict) -> tuple[Output | None, list[AssetCheckResult]]:
+    """The asset's value (None when a gate failed) and its checks for a search stage result (also what the
+    CLI records)."""
     checks = [
         AssetCheckResult(
             check_name="check_architecture_latency_model_error", passed=res.latency_passed,
             metadata={"mape": res.latency_mape, "noise": res.latency_noise, "max_error": res.latency_max_error,
-                      "threshold": max_mape, "verdict": res.latency_verdict}),
+                      "threshold": params["latency"]["max_mape"], "verdict": res.latency_verdict}),
         AssetCheckResult(
             check_name="check_architecture_within_budget", passed=res.measured_p50_ms <= res.budget_ms,
             metadata={"measured_p50_ms": res.measured_p50_ms, "budget_ms": res.budget_ms,
                       "tried": MetadataValue.json(res.tried)}),
     ]
-    if not res.passed:  # the checks fail for this partition, and no materialization claims it is good
-        yield from checks
-        raise Failure(f"{target}: gate(s) failed: {', '.join(res.failed_gates)} ({res.latency_verdict}; p50 "
-                      f"{res.measured_p50_ms:.3f} ms, budget {res.budget_ms:g} ms)",
-                      metadata=mlflow_run(tracker, res.mlflow_run_id))
-    yield Output(res.to_dict(), metadata={
+    if not res.passed:
+        return None, checks
+    return Output(res.to_dict(), metadata={
         "arch": MetadataValue.json(res.arch), "val_top1": res.val_top1,
         "measured_p50_ms": res.measured_p50_ms, "budget_ms": res.budget_ms,
         "speedup_vs_largest": res.largest_p50_ms / res.measured_p50_ms,
         "latency_model_mape": res.latency_mape, "pareto_front": pareto_table(res.front),
         **plots(tracker, res.mlflow_run_id, pareto_plot=res.pareto_uri, latency_model_plot=res.latency_scatter_uri),
         **mlflow_run(tracker, res.mlflow_run_id),
-    })
-    yield from checks
+    }), checks

@@ -14,6 +14,11 @@ from pipeline.data.versioning import read_version
 @asset_check(asset=dataset_asset, blocking=True, description="Every split populated, ≥ 2 classes, files match "
              "their manifest sha256, and the DVC file records this version.")
 def check_dataset_valid(dataset: dict) -> AssetCheckResult:
+    return dataset_check(dataset)
+
+
+def dataset_check(dataset: dict) -> AssetCheckResult:
+    """The dataset gate on an asset value (also what the CLI records after `vitforge stage dataset`)."""
     folder = Path(dataset["tracked_dir"])
     manifest = load_manifest(folder)
     mismatched = [f["path"] for f in manifest.files
@@ -30,7 +35,7 @@ def check_dataset_valid(dataset: dict) -> AssetCheckResult:
     if dvc_version != dataset["version"]:
         problems.append(f"DVC records {dvc_version}, asset says {dataset['version']}")
     return AssetCheckResult(
-        passed=not problems,
+        check_name="check_dataset_valid", passed=not problems,
         metadata={"problems": MetadataValue.json(problems), "files_checked": len(manifest.files),
                   "dataset_version": dvc_version},
     )

@@ -30,6 +30,11 @@ def dataset(
                       unlabeled=config.unlabeled,
                       tags={"dagster_run_id": context.run_id})
     context.log.info(f"dataset version {res.version}: {res.num_images} images, {res.counts}")
+    return dataset_output(res, tracker)
+
+
+def dataset_output(res, tracker) -> Output[dict]:
+    """The asset's value and metadata for a dataset stage result (also what the CLI records)."""
     return Output(
         res.to_dict(),
         metadata={

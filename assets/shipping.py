@@ -42,10 +42,7 @@ def model(context: AssetExecutionContext, config: ModelConfig, dataset: dict, ar
                        tags={"dagster_run_id": context.run_id}, resume=config.resume,
                        overrides={"epochs": config.epochs, "lr": config.lr})
     context.log.info(f"{res.target}: test top-1 {res.test_top1:.4f}")
-    return Output(res.to_dict(), metadata={
-        "test_top1": res.test_top1, "arch": MetadataValue.json(res.arch), "weights": MetadataValue.path(res.weights),
-        **plots(tracker, res.mlflow_run_id, confusion_matrix=res.confusion_uri),
-        **mlflow_run(tracker, res.mlflow_run_id)})
+    return model_output(res, tracker)
 
 
 @asset(group_name="ship", partitions_def=targets_partitions,
@@ -58,18 +55,35 @@ def edge_package(context: AssetExecutionContext, config: EdgePackageConfig, data
                       tags={"dagster_run_id": context.run_id}, allow_dirty=config.allow_dirty)
     context.log.info(f"{res.target}: p50 {res.p50_ms:.3f} ms, top-1 {res.test_top1:.4f}, "
                      f"registered version {res.registered_version}")
-    checks = [AssetCheckResult(check_name=g["name"], passed=g["passed"],
-                               metadata={k: v for k, v in g["details"].items() if isinstance(v, (int, float, str))})
-              for g in res.gates]
-    if not res.passed:  # nothing registered: the partition shows the failed checks, not a good package
+    output, checks = edge_package_events(res, tracker)
+    if output is None:  # nothing registered: the partition shows the failed checks, not a good package
         yield from checks
         raise Failure(f"{res.target}: gate(s) failed: {', '.join(g['name'] for g in res.gates if not g['passed'])}; "
                       "nothing registered, no alias moved", metadata=mlflow_run(tracker, res.mlflow_run_id))
-    yield Output(res.to_dict(), metadata={
+    yield output
+    yield from checks
+
+
+def model_output(res, tracker) -> Output[dict]:
+    """The asset's value and metadata for a finetune stage result (also what the CLI records)."""
+    return Output(res.to_dict(), metadata={
+        "test_top1": res.test_top1, "arch": MetadataValue.json(res.arch), "weights": MetadataValue.path(res.weights),
+        **plots(tracker, res.mlflow_run_id, confusion_matrix=res.confusion_uri),
+        **mlflow_run(tracker, res.mlflow_run_id)})
+
+
+def edge_package_events(res, tracker) -> tuple[Output | None, list[AssetCheckResult]]:
+    """The asset's value (None when a gate failed: nothing was registered) and its checks for a package stage
+    result (also what the CLI records)."""
+    checks = [AssetCheckResult(check_name=g["name"], passed=g["passed"],
+                               metadata={k: v for k, v in g["details"].items() if isinstance(v, (int, float, str))})
+              for g in res.gates]
+    if not res.passed:
+        return None, checks
+    return Output(res.to_dict(), metadata={
         "registered_model": res.registered_model, "registered_version": res.registered_version,
         **registered_version_link(tracker, res.registered_model, res.registered_version),
         "latency_p50_ms": res.p50_ms, "latency_p99_ms": res.p99_ms, "test_top1": res.test_top1,
         "package": MetadataValue.path(res.package["folder"]), "latency_report": latency_table(res.package["latency"]),
         **plots(tracker, res.mlflow_run_id, latency_histogram=res.latency_histogram_uri),
-        **mlflow_run(tracker, res.mlflow_run_id)})
-    yield from checks
+        **mlflow_run(tracker, res.mlflow_run_id)}), checks

@@ -35,13 +35,7 @@ def pretrained_backbone(context: AssetExecutionContext, config: PretrainConfig, 
                        resume=config.resume,
                        overrides={"epochs": config.epochs, "lr": config.lr, "time_budget_s": config.time_budget_s})
     context.log.info(f"MAE: {res.steps} steps, final loss {res.final_loss:.4f}, {res.images_per_s:.0f} images/s")
-    return Output(res.to_dict(), metadata={
-        "final_loss": res.final_loss, "steps": res.steps, "images_per_s": res.images_per_s,
-        "weights": MetadataValue.path(res.weights), "dataset_version": res.dataset_version,
-        **plots(tracker, res.mlflow_run_id, loss_curve=res.loss_curve_uri, reconstructions=res.reconstructions_uri),
-        "space": MetadataValue.json(res.space), "space_fit": MetadataValue.json(res.space_fit),
-        **mlflow_run(tracker, res.mlflow_run_id),
-    })
+    return pretrain_output(res, tracker)
 
 
 @asset(group_name="training", description="Weight-sharing ViT supernet fine-tuned on the labels (sandwich rule).")
@@ -52,6 +46,22 @@ def supernet(context: AssetExecutionContext, config: SupernetConfig, dataset: di
                        tags={"dagster_run_id": context.run_id}, resume=config.resume,
                        overrides={"epochs": config.epochs, "lr": config.lr, "time_budget_s": config.time_budget_s})
     context.log.info(f"supernet val top-1: {res.val_top1}")
+    return supernet_output(res, tracker)
+
+
+def pretrain_output(res, tracker) -> Output[dict]:
+    """The asset's value and metadata for a pretrain stage result (also what the CLI records)."""
+    return Output(res.to_dict(), metadata={
+        "final_loss": res.final_loss, "steps": res.steps, "images_per_s": res.images_per_s,
+        "weights": MetadataValue.path(res.weights), "dataset_version": res.dataset_version,
+        **plots(tracker, res.mlflow_run_id, loss_curve=res.loss_curve_uri, reconstructions=res.reconstructions_uri),
+        "space": MetadataValue.json(res.space), "space_fit": MetadataValue.json(res.space_fit),
+        **mlflow_run(tracker, res.mlflow_run_id),
+    })
+
+
+def supernet_output(res, tracker) -> Output[dict]:
+    """The asset's value and metadata for a supernet stage result (also what the CLI records)."""
     return Output(res.to_dict(), metadata={
         "val_top1": MetadataValue.json(res.val_top1), "steps": res.steps,
         "weights": MetadataValue.path(res.weights), "dataset_version": res.dataset_version,

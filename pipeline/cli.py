@@ -24,7 +24,18 @@ INPUT_ERRORS: tuple[type[Exception], ...] = (InputError,)  # bad input, told in 
 def _tracker(root: Path, params: dict):
     from pipeline.tracking import Tracker
 
-    return Tracker.from_params(params, root)
+    tracker = Tracker.from_params(params, root)
+    tracker.ui_url = params["mlflow"].get("ui_url")  # where the metadata the CLI records links to
+    return tracker
+
+
+def _record(root: Path, asset: str, events, partition: str | None = None) -> None:
+    """The stage's result in the project's Dagster instance, as a run of ``asset`` would leave it
+    (assets/recording.py): ``events`` an Output, or (Output or None, checks)."""
+    from assets.recording import record
+
+    output, checks = events if isinstance(events, tuple) else (events, [])
+    record(root, asset, output, checks, partition)
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -41,11 +52,16 @@ def cmd_stage_dataset(args: argparse.Namespace) -> int:
 
     params = load_params(args.root)
     p = params["dataset"]
+    tracker = _tracker(args.root, params)
     res = run_dataset(
-        args.root, params, _tracker(args.root, params),
+        args.root, params, tracker,
         data=args.data or p["data"], fmt=args.format or p["format"],
         skip_invalid=args.skip_invalid or p["skip_invalid"], unlabeled=getattr(args, "unlabeled", None),
     )
+    from assets.checks import dataset_check
+    from assets.dataset import dataset_output
+
+    _record(args.root, "dataset", (dataset_output(res, tracker), [dataset_check(res.to_dict())]))
     print(f"dataset version {res.version}")
     print(f"{res.num_images} images, {len(res.classes)} classes, format {res.format}")
     print("split   " + "  ".join(f"{s}={n}" for s, n in res.counts.items()))
@@ -66,8 +82,12 @@ def cmd_stage_pretrain(args: argparse.Namespace) -> int:
     from pipeline.stages.pretrain import run_pretrain
 
     params = load_params(args.root)
-    res = run_pretrain(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params),
+    tracker = _tracker(args.root, params)
+    res = run_pretrain(args.root, params, tracker, dataset_ref(args.root, params),
                        resume=args.resume, overrides=_budget_override(args))
+    from assets.training import pretrain_output
+
+    _record(args.root, "pretrained_backbone", pretrain_output(res, tracker))
     fit = res.space_fit
     if fit["target"]:
         print(f"space fitted to {fit['target']} ({fit['budget_ms']:g} ms) and the images' native {fit['native_size']} "
@@ -85,9 +105,13 @@ def cmd_stage_supernet(args: argparse.Namespace) -> int:
 
     params = load_params(args.root)
     backbone = paths(args.root, params).backbone()
-    res = run_supernet(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params),
+    tracker = _tracker(args.root, params)
+    res = run_supernet(args.root, params, tracker, dataset_ref(args.root, params),
                        str(backbone) if backbone.exists() else None, resume=args.resume,
                        overrides=_budget_override(args))
+    from assets.training import supernet_output
+
+    _record(args.root, "supernet", supernet_output(res, tracker))
     print(f"supernet: {res.steps} steps; val top-1 per arch:")
     for name, acc in res.val_top1.items():
         print(f"  {name:<28} {acc:.4f}")
@@ -103,8 +127,12 @@ def cmd_stage_search(args: argparse.Namespace) -> int:
     weights = paths(args.root, params).supernet()
     if not weights.is_file():
         raise MissingStageError(f"{weights}: no supernet yet; run `vitforge stage supernet` first")
-    res = run_search(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), str(weights),
+    tracker = _tracker(args.root, params)
+    res = run_search(args.root, params, tracker, dataset_ref(args.root, params), str(weights),
                      args.target, time_budget_s=getattr(args, "time_budget_s", None))
+    from assets.architecture import architecture_events
+
+    _record(args.root, "architecture", architecture_events(res, tracker, params), partition=args.target)
     print(f"target {res.target}: budget {res.budget_ms:g} ms, latency model MAPE {100 * res.latency_mape:.1f} % "
           f"(max {100 * res.latency_max_error:.1f} %, timing noise {100 * res.latency_noise:.1f} %): "
           f"{'passed' if res.latency_passed else 'FAILED'}, {res.latency_verdict}")
@@ -144,8 +172,12 @@ def cmd_stage_finetune(args: argparse.Namespace) -> int:
     params = load_params(args.root)
     arch = _read_json(paths(args.root, params).search_result(args.target),
                       f"vitforge stage search --target {args.target}")
-    res = run_finetune(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), arch,
+    tracker = _tracker(args.root, params)
+    res = run_finetune(args.root, params, tracker, dataset_ref(args.root, params), arch,
                        resume=args.resume, overrides=_budget_override(args))
+    from assets.shipping import model_output
+
+    _record(args.root, "model", model_output(res, tracker), partition=args.target)
     print(f"fine-tuned {res.arch} for {args.target}: test top-1 {res.test_top1:.4f} ({res.steps} steps, "
           f"{res.train_seconds:.0f} s); weights {res.weights}")
     return 0
@@ -160,8 +192,12 @@ def cmd_stage_package(args: argparse.Namespace) -> int:
                       f"vitforge stage search --target {args.target}")
     model = _read_json(paths(args.root, params).finetune_result(args.target),
                        f"vitforge stage finetune --target {args.target}")
-    res = run_package(args.root, params, _tracker(args.root, params), dataset_ref(args.root, params), model, arch,
+    tracker = _tracker(args.root, params)
+    res = run_package(args.root, params, tracker, dataset_ref(args.root, params), model, arch,
                       args.target, allow_dirty=args.allow_dirty)
+    from assets.shipping import edge_package_events
+
+    _record(args.root, "edge_package", edge_package_events(res, tracker), partition=args.target)
     for gate in res.gates:
         print(f"{'PASS' if gate['passed'] else 'FAIL'}  {gate['name']}")
     lat = res.package["latency"]

@@ -74,3 +74,30 @@ def test_each_stage_from_the_cli_on_a_coco_set_ends_registered(tiny_project, tmp
     mlflow.set_tracking_uri(Tracker.from_params(p.params, tiny_project).tracking_uri)
     mv = mlflow.MlflowClient().get_model_version_by_alias("vitforge-digits", "candidate-box")
     assert mv.tags["target"] == "box" and mv.tags["dataset_version"] == finetune["dataset_version"]
+
+    # one state with the UI: the project's Dagster instance holds what runs of the assets would have left
+    from dagster import AssetCheckKey, AssetKey, FilesystemIOManager, build_init_resource_context, build_input_context
+
+    from assets.partitions import targets_partitions
+    from assets.recording import project_instance, storage_dir
+
+    with project_instance(tiny_project) as instance:
+        for asset in ("dataset", "pretrained_backbone", "supernet"):
+            assert instance.get_latest_materialization_event(AssetKey(asset)) is not None, asset
+        assert instance.get_dynamic_partitions("targets") == ["box"]
+        for asset in ("architecture", "model", "edge_package"):
+            assert instance.get_materialized_partitions(AssetKey(asset)) == {"box"}, asset
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey("edge_package"), "check_edge_package_parity"), limit=5)
+        assert [(r.status.value, r.event.dagster_event.event_specific_data.partition) for r in checks] == [
+            ("SUCCEEDED", "box")]
+        meta = instance.get_latest_materialization_event(AssetKey("edge_package")).asset_materialization.metadata
+        assert meta["registered_version_page"].value.endswith("/#/models/vitforge-digits/versions/1")
+        # the values an asset run downstream reads through the IO manager are the stage's own
+        io = FilesystemIOManager(base_dir=str(storage_dir(tiny_project))).create_io_manager(
+            build_init_resource_context())
+        supernet = io.load_input(build_input_context(asset_key=AssetKey("supernet")))
+        assert Path(supernet["weights"]) == p.supernet()
+        arch = io.load_input(build_input_context(asset_key=AssetKey("architecture"), partition_key="box",
+                                                 asset_partitions_def=targets_partitions, instance=instance))
+        assert arch == json.loads(p.search_result("box").read_text())
