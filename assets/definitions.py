@@ -2,7 +2,11 @@
 
 import os
 
-from dagster import Definitions
+# Run logs stay readable: no carriage-return progress bars in Dagster's captured output (the stages log their
+# progress as lines; the CLI keeps its bars).
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from dagster import Definitions  # noqa: E402
 
 from assets.architecture import architecture
 from assets.checks import check_dataset_valid

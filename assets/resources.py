@@ -1,6 +1,7 @@
 """Typed resources: where the project lives, and where MLflow tracks it."""
 
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,5 +41,6 @@ class MlflowTracking(ConfigurableResource):
         artifacts = artifacts if artifacts.is_absolute() else root / artifacts
         uri = absolute_tracking_uri(self.tracking_uri or p["tracking_uri"], root)
         tracker = Tracker(uri, self.experiment or p["experiment"], artifacts)
-        tracker.ui_url = self.ui_url or p.get("ui_url")  # read by assets/metadata.py
+        # read by assets/metadata.py: `vitforge serve` names the MLflow UI it started
+        tracker.ui_url = self.ui_url or os.environ.get("VITFORGE_MLFLOW_UI_URL") or p.get("ui_url")
         return tracker

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -25,7 +26,8 @@ def _tracker(root: Path, params: dict):
     from pipeline.tracking import Tracker
 
     tracker = Tracker.from_params(params, root)
-    tracker.ui_url = params["mlflow"].get("ui_url")  # where the metadata the CLI records links to
+    # where the metadata the CLI records links to: the MLflow UI of `vitforge serve`
+    tracker.ui_url = os.environ.get("VITFORGE_MLFLOW_UI_URL") or params["mlflow"].get("ui_url")
     return tracker
 
 
@@ -364,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.cli_targets import cmd_targets_list
 
     p.set_defaults(func=cmd_targets_list)
+    from pipeline.cli_serve import add_serve_commands
+
+    add_serve_commands(sub, tsub)
 
     from pipeline.cli_fleet import add_fleet_commands
 

@@ -1,17 +1,17 @@
-"""MAE pre-training from the command line, alone or under torchrun (DDP, gloo on CPU).
+"""MAE pre-training from the command line, alone or under torchrun (DDP: NCCL on CUDA, gloo on CPU).
 
     python -m pipeline.cli_pretrain --data data/dataset --out runs/pretrain [--resume]
     torchrun --nproc_per_node 2 -m pipeline.cli_pretrain --data data/dataset --out runs/pretrain
 
-Rank 0 alone logs, checkpoints and reports. ``vitforge stage pretrain`` is the
-same work with its MLflow run, for DVC and the demo.
+Rank 0 alone logs, checkpoints and reports. Started alone with ``pretrain.nproc`` above 1, it starts
+torchrun itself (``pipeline/cli_train.py``). ``vitforge stage pretrain`` is the same work with its MLflow
+run, for DVC and the demo.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import torch.distributed as dist
@@ -19,6 +19,7 @@ import torch.distributed as dist
 from pipeline.nas.space_fit import resolve_space
 from pipeline.params import load_params, project_root
 from pipeline.ssl.train import pretrain
+from pipeline.training import init_distributed, is_main
 
 
 def main() -> None:
@@ -30,17 +31,15 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("gloo")
+    init_distributed()
     params = load_params(args.root)
     # Rank 0 fits an `auto` space (it measures latency) and every rank trains that one space.
-    fitted = [resolve_space(params, args.root or project_root(), args.data).space
-              if not dist.is_initialized() or dist.get_rank() == 0 else None]
+    fitted = [resolve_space(params, args.root or project_root(), args.data).space if is_main() else None]
     if dist.is_initialized():
         dist.broadcast_object_list(fitted, src=0)
     params = {**params, "space": fitted[0]}
     res = pretrain(args.data, args.out, params, resume=args.resume, overrides={"max_steps": args.max_steps})
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if is_main():
         print(f"steps {res.train.steps} loss {res.train.history[-1]:.4f} weights {res.weights}")
     if dist.is_initialized():
         dist.destroy_process_group()

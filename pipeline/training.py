@@ -14,15 +14,22 @@ still ends at the run's last step. The step count a run took is recorded; replay
 ``ModelEmaV3``), both saved in the checkpoint.
 
 Runs under ``torchrun`` too: each rank takes its share of every batch, gradients
-are averaged by DDP (gloo on CPU), and only rank 0 logs and writes checkpoints.
+are averaged by DDP (NCCL on CUDA, gloo on CPU), the loss recorded is the global
+batch's, and only rank 0 logs and writes checkpoints. ``launch`` starts a stage's
+training that way (``nproc`` in its params.yaml section) and reads rank 0's result
+back; ``pipeline/cli_train.py`` is the worker it starts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -104,11 +111,44 @@ class TrainConfig:
         return cls(**values | {k: v for k, v in (overrides or {}).items() if v is not None})
 
 
+def device() -> torch.device:
+    """Where training runs, chosen here once for every stage: this process's GPU (``LOCAL_RANK`` under
+    torchrun) where CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init_distributed() -> bool:
+    """Join the process group when started by torchrun (``WORLD_SIZE`` > 1): NCCL on CUDA, gloo on CPU.
+    True when this process is one of several."""
+    if dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    dev = device()
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        dist.init_process_group("nccl", device_id=dev)
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def is_main() -> bool:
+    """Rank 0, or the only process: the one that writes weights and results."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def seed_everything(seed: int, threads: int) -> None:
-    """Same commit + data + params + seed -> same weights (on CPU)."""
-    torch.manual_seed(seed)
+    """Same commit + data + params + seed -> same weights (on CPU; on CUDA as far as its kernels allow: an
+    op without a deterministic CUDA kernel warns instead of stopping the run)."""
+    cuda = device().type == "cuda"
+    if cuda:  # cuBLAS is deterministic only with a fixed workspace; read when it is first used
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(seed)  # seeds every CUDA device too
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=cuda)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -161,8 +201,10 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
                     ema: nn.Module | None = None) -> None:
     """Atomic (write, then rename): a kill mid-write leaves the previous checkpoint whole."""
     tmp = path.with_suffix(".tmp")
+    dev = next(model.parameters()).device
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "total": total,
                 "rng": torch.get_rng_state(), "config": config, "history": history,
+                "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
                 "ema": ema.state_dict() if ema is not None else None}, tmp)
     os.replace(tmp, path)
 
@@ -192,6 +234,15 @@ class TrainResult:
     seconds: float
     ema: nn.Module | None = None  # the EMA of the weights (a copy of the model), when ``ema_decay`` is set
 
+    def summary(self) -> dict[str, Any]:
+        """What a torchrun worker sends back (the EMA ships in the weights file instead)."""
+        return {"steps": self.steps, "history": self.history, "images_per_s": self.images_per_s,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_summary(cls, d: dict[str, Any]) -> TrainResult:
+        return cls(int(d["steps"]), [float(v) for v in d["history"]], float(d["images_per_s"]), float(d["seconds"]))
+
 
 def train(
     model: nn.Module,
@@ -215,7 +266,13 @@ def train(
     """
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if cfg.batch_size % world:
+        raise ParamsError(f"params.yaml: {desc}: batch_size {cfg.batch_size} does not split evenly over {world} "
+                          "processes (nproc); the ranks' shares must be equal for DDP's average to be the batch's")
+    dev = next(model.parameters()).device  # the caller put it on ``device()``; ``step_loss`` moves batches there
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.95))
     ema = None
     if cfg.ema_decay:
@@ -239,6 +296,8 @@ def train(
             raise CheckpointError(f"{checkpoint}: does not fit the model ({first_line(err)})") from None
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         start, history = state["step"], list(state["history"])
@@ -277,8 +336,13 @@ def train(
             group["lr"] = lr_at(step, total, cfg) * group.get("lr_scale", 1.0)
         idx = batch_indices(n_samples, step, cfg, rank, world)
         loss = step_loss(net, idx, step)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{desc}: loss is {loss.item()} at step {step}; lower the learning rate "
+        batch_loss = loss.detach()
+        if world > 1:  # the global batch's loss (the mean of the ranks' equal shares); every rank stops together
+            batch_loss = batch_loss.clone()
+            dist.all_reduce(batch_loss)
+            batch_loss /= world
+        if not torch.isfinite(batch_loss):
+            raise NonFiniteLossError(f"{desc}: loss is {batch_loss.item()} at step {step}; lower the learning rate "
                                      f"(now {opt.param_groups[0]['lr']:.2e}) or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -287,7 +351,7 @@ def train(
         opt.step()
         if ema is not None:
             ema.update(model, step=step)
-        history.append(float(loss.item()))
+        history.append(float(batch_loss.item()))
         seen += len(idx) * world
         elapsed = time.perf_counter() - t0
         bar.update(1)
@@ -306,7 +370,7 @@ def train(
             total = steps_for_budget(cfg.time_budget_s, time.perf_counter() - t0, step - start, per_step,
                                      cfg.min_steps) + start
             if world > 1:  # every rank must run the same number of steps: rank 0 decides
-                t = torch.tensor([total])
+                t = torch.tensor([total], device=dev)
                 dist.broadcast(t, 0)
                 total = int(t)
             bar.total = total
@@ -321,3 +385,93 @@ def train(
         log.info("%s: %d steps in %.0f s (budget %.0f s)", desc, step - start, elapsed, cfg.time_budget_s)
     return TrainResult(len(history), history, seen / max(elapsed, 1e-9), elapsed,
                        ema.module if ema is not None else None)
+
+
+class WorkerError(RuntimeError):
+    """A torchrun worker failed: ``str(err)`` names the stage, the exit code, the worker's own error and the
+    tail of the workers' log."""
+
+
+class WorkerInputError(WorkerError, InputError):
+    """A torchrun worker stopped on bad input (a missing or unfitting file, a params value): the CLI reports
+    it as it reports the same error of a single-process run."""
+
+
+WORKER_MODULE = "pipeline.cli_train"
+LOG_TAIL_LINES = 30
+
+
+def _loopback_interface() -> str | None:
+    """The loopback interface's name (``lo`` on Linux, ``lo0`` on macOS), for gloo and NCCL to bind to."""
+    names = [name for _, name in socket.if_nameindex()]
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
+def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    return "\n".join(lines[-n:])
+
+
+def processes(params: dict[str, Any], section: str) -> int:
+    """``<section>.nproc``: how many local processes train the stage (1: this one, in-process)."""
+    n = params[section].get("nproc")
+    if n is None:
+        raise ParamsError(f"params.yaml: {section}.nproc is missing (local training processes; 1: in-process)")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ParamsError(f"params.yaml: {section}.nproc: expected a whole number of processes >= 1, got {n!r}")
+    return n
+
+
+def needs_launch(params: dict[str, Any], section: str) -> bool:
+    """More than one process asked for, and this is not already one of them."""
+    return processes(params, section) > 1 and not dist.is_initialized()
+
+
+def launch(kind: str, request: dict[str, Any], nproc: int, log_dir: Path, threads: int) -> dict[str, Any]:
+    """Run stage ``kind``'s training under torchrun on ``nproc`` local processes; rank 0's JSON result.
+
+    ``request`` (plain JSON types) holds the training function's arguments; ``pipeline.cli_train`` turns it
+    back into a call. The rendezvous and the process group listen on 127.0.0.1 only. torchrun's and the
+    workers' output goes to ``log_dir/torchrun.log``; a failing worker raises ``WorkerError`` (or
+    ``WorkerInputError`` for bad input) with the exit code, its error and the log's tail, and torchrun stops
+    the other workers, so a failure never hangs the stage.
+    """
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ParamsError(f"params.yaml: {kind}.nproc: {nproc} processes, but this machine has "
+                          f"{torch.cuda.device_count()} GPU(s): one process per GPU")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / "torchrun.log"
+    with tempfile.TemporaryDirectory(prefix=f"vitforge-{kind}-torchrun-") as tmp:
+        exchange = Path(tmp)
+        (exchange / "request.json").write_text(json.dumps({"kind": kind, **request}))
+        # ``python -m torch.distributed.run`` is torchrun from this interpreter (a venv need not be on PATH).
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr", "127.0.0.1",
+               "--nproc-per-node", str(nproc), "-m", WORKER_MODULE, "--exchange", str(exchange)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        loopback = _loopback_interface()
+        if loopback is not None:
+            env.setdefault("GLOO_SOCKET_IFNAME", loopback)
+            env.setdefault("NCCL_SOCKET_IFNAME", loopback)
+        log.info("%s: training under torchrun on %d processes; their log: %s", kind, nproc, log_file)
+        try:
+            with open(log_file, "w") as out:
+                subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
+        except subprocess.CalledProcessError as err:
+            raise _worker_error(kind, err.returncode, exchange / "error.json", log_file) from None
+        result = exchange / "result.json"
+        if not result.is_file():  # every worker exited 0, yet rank 0 wrote nothing: never a success
+            raise WorkerError(f"{kind}: torchrun finished but rank 0 wrote no result; log {log_file}:\n"
+                              f"{_tail(log_file)}")
+        return json.loads(result.read_text())
+
+
+def _worker_error(kind: str, code: int, error_file: Path, log_file: Path) -> WorkerError:
+    """The first worker error (``pipeline.cli_train`` records it) on the first line, then the log's tail."""
+    first = json.loads(error_file.read_text()) if error_file.is_file() else None
+    if first is None:
+        head = f"{kind}: a torchrun worker failed (exit code {code}) before it recorded an error"
+    else:
+        head = (f"{first['message']} ({kind}: torchrun rank {first['rank']} stopped on {first['type']}, "
+                f"exit code {code})")
+    message = f"{head}; log {log_file}, last lines:\n{_tail(log_file)}"
+    return WorkerInputError(message) if first and first["input_error"] else WorkerError(message)

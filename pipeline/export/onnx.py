@@ -8,6 +8,7 @@ Modelled on timm's ``utils/onnx.py``: a library function with typed keywords.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,7 +53,9 @@ def export_onnx(
     example = torch.zeros(batch_size, input_size, input_size, 3, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # timm's shape asserts trace to constants: exact for the fixed input size the package states
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(edge, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           opset_version=opset, dynamic_axes=dynamic_axes, dynamo=False, do_constant_folding=True)
     if check:

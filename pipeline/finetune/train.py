@@ -5,7 +5,8 @@ split with the shared loop (checkpoints, resume, progress) and the small-data
 recipe (``pipeline.recipe``: RandAugment, mixup/cutmix, random erasing, stochastic
 depth, layer-wise lr decay, EMA), and evaluated on the test split: top-1,
 per-class precision and recall, confusion matrix. With an EMA, the EMA weights
-are what ships.
+are what ships. With ``finetune.nproc`` above 1, ``finetune`` starts itself under torchrun
+(``pipeline/cli_train.py``) and returns rank 0's result.
 """
 
 from __future__ import annotations
@@ -21,11 +22,23 @@ import torch
 
 from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split, normalize
+from pipeline.errors import ParamsError
 from pipeline.models.supernet import Arch, build_vit, extract_subnet
 from pipeline.nas.supernet_train import load_strict, load_supernet, read_weights
 from pipeline.paths import MODEL
 from pipeline.recipe import BatchAugment, Recipe
-from pipeline.training import CheckpointError, TrainConfig, TrainResult, seed_everything, train
+from pipeline.training import (
+    CheckpointError,
+    TrainConfig,
+    TrainResult,
+    device,
+    is_main,
+    launch,
+    needs_launch,
+    processes,
+    seed_everything,
+    train,
+)
 from pipeline.weights import save_weights
 
 log = logging.getLogger(__name__)
@@ -55,8 +68,10 @@ def evaluation_from_predictions(pred: np.ndarray, y: np.ndarray, num_classes: in
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Logits on the CPU, whichever device the model is on."""
     model.eval()
-    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+    dev = next(model.parameters()).device
+    return torch.cat([model(x[i:i + batch].to(dev)).cpu() for i in range(0, len(x), batch)])
 
 
 @dataclass
@@ -95,6 +110,18 @@ def finetune(data_dir: Path, out_dir: Path, params: dict[str, Any], supernet_wei
     p = params["finetune"]
     train_on_val = p["train_on_val"] if train_on_val is None else train_on_val
     cfg = TrainConfig.from_params(p, params["seed"], overrides)
+    if needs_launch(params, "finetune"):
+        if teacher is not None:
+            raise ParamsError("params.yaml: finetune.nproc: a teacher (distillation) trains in-process only; "
+                              "set finetune.nproc: 1 to distill")
+        request = {"data_dir": str(data_dir), "out_dir": str(out_dir), "params": params,
+                   "supernet_weights": str(supernet_weights), "arch": arch.to_dict(), "resume": resume,
+                   "meta": meta, "overrides": overrides, "train_on_val": train_on_val}
+        reply = launch("finetune", request, processes(params, "finetune"), out_dir, cfg.threads)
+        train_res = TrainResult.from_summary(reply["train"])
+        return FinetuneResult(Path(reply["weights"]), out_dir / "checkpoint.pt", train_res,
+                              Evaluation(**reply["val"]) if reply["val"] is not None else None,
+                              Evaluation(**reply["test"]), reply["classes"], arch)
     seed_everything(cfg.seed, cfg.threads)
     net, sn_meta = load_supernet(supernet_weights)
     manifest = load_manifest(data_dir)
@@ -109,9 +136,12 @@ def finetune(data_dir: Path, out_dir: Path, params: dict[str, Any], supernet_wei
         val_images, val_y = load_split(data_dir, "val", arch.img_size)
         images, y = torch.cat([images, val_images]), torch.cat([y, val_y])
     augment = BatchAugment(recipe, len(manifest.classes), mean, std, cfg.seed)
+    dev = device()
+    model.to(dev)
 
     def step_loss(m: torch.nn.Module, idx: torch.Tensor, step: int) -> torch.Tensor:
         xb, target = augment(images[idx], y[idx], step)
+        xb, target = xb.to(dev), target.to(dev)
         out = m(xb)
         if teacher is None:
             return augment.loss(out, target)
@@ -134,7 +164,9 @@ def finetune(data_dir: Path, out_dir: Path, params: dict[str, Any], supernet_wei
                  for split in ("val", "test"))
     log.info("fine-tuned %s on %s: val top-1 %s, test top-1 %.4f (%d images)", arch.short(), config["train_splits"],
              "n/a (trained on)" if val is None else f"{val.top1:.4f} ({val.n} images)", test.top1, test.n)
-    weights = save_weights(out_dir / MODEL, model.state_dict(), {**config, "kind": "timm-vit"})
+    weights = out_dir / MODEL
+    if is_main():
+        save_weights(weights, model.state_dict(), {**config, "kind": "timm-vit"})
     return FinetuneResult(weights, ckpt, result, val, test, manifest.classes, arch)
 
 

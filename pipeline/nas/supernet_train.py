@@ -5,7 +5,8 @@ the smallest and ``random_archs_per_step`` random archs (the sandwich rule of
 BigNAS). With ``distill`` the smaller ones learn the largest's soft predictions
 (in-place distillation), which keeps the shared weights good for every subnet.
 Batches go through the same small-data recipe as fine-tuning (``pipeline.recipe``),
-with the supernet's own knobs.
+with the supernet's own knobs. With ``supernet.nproc`` above 1, ``train_supernet`` starts itself under torchrun
+(``pipeline/cli_train.py``; every rank samples the same archs per step) and returns rank 0's result.
 """
 
 from __future__ import annotations
@@ -25,7 +26,19 @@ from pipeline.errors import MissingStageError
 from pipeline.models.supernet import Arch, SearchSpace, Supernet
 from pipeline.paths import SUPERNET
 from pipeline.recipe import BatchAugment, Recipe
-from pipeline.training import CheckpointError, TrainConfig, TrainResult, first_line, seed_everything, train
+from pipeline.training import (
+    CheckpointError,
+    TrainConfig,
+    TrainResult,
+    device,
+    first_line,
+    is_main,
+    launch,
+    needs_launch,
+    processes,
+    seed_everything,
+    train,
+)
 from pipeline.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -45,10 +58,11 @@ def evaluate(model: Supernet, arch: Arch, x: torch.Tensor, y: torch.Tensor, batc
     """Weight-sharing top-1: the supernet run at ``arch``, no training."""
     was_training = model.training
     model.eval()
+    dev = next(model.parameters()).device
     correct = 0
     for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch], arch)
-        correct += int((logits.argmax(-1) == y[i:i + batch]).sum())
+        logits = model(x[i:i + batch].to(dev), arch)
+        correct += int((logits.argmax(-1).cpu() == y[i:i + batch]).sum())
     model.train(was_training)
     return correct / max(1, len(x))
 
@@ -133,6 +147,14 @@ def train_supernet(
     if backbone is not None and not Path(backbone).is_file():  # before any data is read
         raise MissingStageError(f"{backbone}: the MAE backbone does not exist; run `vitforge stage pretrain` first")
     cfg = TrainConfig.from_params(p, params["seed"], overrides)
+    if needs_launch(params, "supernet"):
+        request = {"data_dir": str(data_dir), "out_dir": str(out_dir), "params": params,
+                   "backbone": str(backbone) if backbone is not None else None, "resume": resume, "meta": meta,
+                   "overrides": overrides}
+        reply = launch("supernet", request, processes(params, "supernet"), out_dir, cfg.threads)
+        train_res = TrainResult.from_summary(reply["train"])
+        return SupernetResult(Path(reply["weights"]), out_dir / "checkpoint.pt", train_res,
+                              reply["val_top1"], reply["archs"])
     seed_everything(cfg.seed, cfg.threads)
     manifest = load_manifest(data_dir)
     space = SearchSpace.from_params(params["space"], num_classes=len(manifest.classes))
@@ -150,10 +172,13 @@ def train_supernet(
     else:
         log.info("supernet starts from random init (backbone=None)")
 
+    dev = device()
+    net.to(dev)
     largest, smallest = space.largest(), space.smallest()
 
     def step_loss(model: torch.nn.Module, idx: torch.Tensor, step: int) -> torch.Tensor:
         xb, target = augment(images[idx], y[idx], step)
+        xb, target = xb.to(dev), target.to(dev)
         rng = random.Random(cfg.seed * 1_000_003 + step)  # the step's archs, reproducible on resume
         logits = model(xb, largest)
         loss = augment.loss(logits, target)
@@ -176,5 +201,7 @@ def train_supernet(
     val_top1 = {a.short(): evaluate(net, a, x_val, y_val) for a in archs}
     for name, acc in val_top1.items():
         log.info("val top-1 %-28s %.4f", name, acc)
-    weights = save_weights(out_dir / SUPERNET, net.vit.state_dict(), {**config, "kind": "supernet"})
+    weights = out_dir / SUPERNET
+    if is_main():
+        save_weights(weights, net.vit.state_dict(), {**config, "kind": "supernet"})
     return SupernetResult(weights, ckpt, result, val_top1, {a.short(): a.to_dict() for a in archs})

@@ -1,6 +1,7 @@
 """MAE pre-training on every image of a dataset version: every split and the unlabeled images, labels unused.
 
-The command-line wrapper (also for torchrun) is ``pipeline/cli_pretrain.py``.
+The command-line wrapper (also for torchrun) is ``pipeline/cli_pretrain.py``. With ``pretrain.nproc`` above 1,
+``pretrain`` starts itself under torchrun (``pipeline/cli_train.py``) and returns rank 0's result.
 """
 
 from __future__ import annotations
@@ -12,14 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from timm.layers import resample_abs_pos_embed
 
 from pipeline.data.tensors import load_images, normalize
 from pipeline.models.supernet import SearchSpace
 from pipeline.paths import BACKBONE
 from pipeline.ssl.mae import MAE, MAEConfig
-from pipeline.training import CheckpointError, TrainConfig, TrainResult, seed_everything, train
+from pipeline.training import (
+    CheckpointError,
+    TrainConfig,
+    TrainResult,
+    device,
+    is_main,
+    launch,
+    load_checkpoint,
+    needs_launch,
+    processes,
+    seed_everything,
+    train,
+)
 from pipeline.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -217,25 +229,55 @@ def pretrain(
 ) -> PretrainResult:
     p = params["pretrain"]
     cfg = TrainConfig.from_params(p, params["seed"], overrides)
+    if needs_launch(params, "pretrain"):
+        return _pretrain_under_torchrun(data_dir, out_dir, params, cfg, resume=resume, meta=meta, overrides=overrides)
     seed_everything(cfg.seed, cfg.threads)
-    space = SearchSpace.from_params(params["space"])
-    mae_cfg = MAEConfig(p["mask_ratio"], p["decoder_dim"], p["decoder_depth"], p["decoder_heads"], p["norm_pix_loss"])
-    images = load_images(data_dir, space.largest().img_size)  # every split and the unlabeled images
-    x = normalize(images, params["model"]["mean"], params["model"]["std"])
+    space, mae_cfg = _space_and_mae(params)
+    x = _inputs(data_dir, params, space)
 
     model = MAE(space, mae_cfg)
     if p.get("init_checkpoint"):
         init_from_checkpoint(model, p["init_checkpoint"])
+    dev = device()
+    model.to(dev)
 
     def step_loss(net: torch.nn.Module, idx: torch.Tensor, step: int) -> torch.Tensor:
-        loss, _, _ = net(x[idx])
+        loss, _, _ = net(x[idx].to(dev))
         return loss
 
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint.pt"
     config = {"mae": mae_cfg.to_dict(), "space": params["space"], "arch": space.largest().to_dict(), **(meta or {})}
     result = train(model, step_loss, len(x), cfg, checkpoint=ckpt, resume=resume, config=config, desc="pretrain")
+    model.cpu()  # the result's model and images are on the CPU (the stage plots reconstructions with them)
     weights = out_dir / BACKBONE
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if is_main():
         save_weights(weights, model.encoder.state_dict(), {**config, "kind": "mae-encoder"})
     return PretrainResult(weights, ckpt, result, model, x)
+
+
+def _space_and_mae(params: dict[str, Any]) -> tuple[SearchSpace, MAEConfig]:
+    p = params["pretrain"]
+    mae_cfg = MAEConfig(p["mask_ratio"], p["decoder_dim"], p["decoder_depth"], p["decoder_heads"], p["norm_pix_loss"])
+    return SearchSpace.from_params(params["space"]), mae_cfg
+
+
+def _inputs(data_dir: Path, params: dict[str, Any], space: SearchSpace) -> torch.Tensor:
+    """Every split and the unlabeled images, normalized."""
+    images = load_images(data_dir, space.largest().img_size)
+    return normalize(images, params["model"]["mean"], params["model"]["std"])
+
+
+def _pretrain_under_torchrun(data_dir: Path, out_dir: Path, params: dict[str, Any], cfg: TrainConfig, *,
+                             resume: bool, meta: dict[str, Any] | None,
+                             overrides: dict[str, Any] | None) -> PretrainResult:
+    """``pretrain`` on ``pretrain.nproc`` processes; the MAE comes back from rank 0's final checkpoint."""
+    request = {"data_dir": str(data_dir), "out_dir": str(out_dir), "params": params, "resume": resume,
+               "meta": meta, "overrides": overrides}
+    reply = launch("pretrain", request, processes(params, "pretrain"), out_dir, cfg.threads)
+    space, mae_cfg = _space_and_mae(params)
+    model = MAE(space, mae_cfg)
+    ckpt = out_dir / "checkpoint.pt"
+    model.load_state_dict(load_checkpoint(ckpt)["model"])
+    return PretrainResult(Path(reply["weights"]), ckpt, TrainResult.from_summary(reply["train"]), model.train(),
+                          _inputs(data_dir, params, space))
