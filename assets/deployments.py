@@ -9,9 +9,10 @@ per run), with nothing shared but these services:
 - Dagster's runs, event log and schedules in PostgreSQL: the instance's dagster.yaml (infra/dagster.yaml;
   ``$DAGSTER_HOME/dagster.yaml`` in each pod) reads ``DAGSTER_PG_HOST``, ``DAGSTER_PG_PORT``,
   ``DAGSTER_PG_USER``, ``DAGSTER_PG_PASSWORD`` and ``DAGSTER_PG_DB``;
-- MLflow: a tracking server at ``MLFLOW_TRACKING_URI`` (``http(s)://``), backed by PostgreSQL, with its
-  artifacts in S3 (``mlflow server --artifacts-destination s3://...``): experiments take the server's
-  artifact location;
+- MLflow: a tracking server at ``MLFLOW_TRACKING_URI`` (``http(s)://``), backed by PostgreSQL
+  (``--backend-store-uri postgresql+psycopg2://...``: SQLAlchemy 2.1 takes a bare ``postgresql://`` to
+  psycopg 3, which is not installed), with its artifacts in S3 (``--artifacts-destination s3://...``):
+  experiments take the server's artifact location;
 - the IO manager (assets/io_managers.py) in ``VITFORGE_BUCKET`` (``s3://bucket/prefix``): asset values, and
   every file they name under the project root (weights, checkpoints, result JSONs, package folders), uploaded
   by the run that made them and fetched, sha256-checked, by a later run that lacks them;

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from pipeline.params import load_params, resolve
 
-STOP_WAIT_S = 15.0  # per signal, before the next (SIGINT, then SIGKILL)
+STOP_WAIT_S = 10.0  # per signal, before the next (SIGINT, then SIGKILL)
 
 
 @dataclass
@@ -96,6 +96,7 @@ def start_services(root: Path, *, dagster_port: int, mlflow_port: int, log_dir: 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     root = args.root
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started where SIGINT is ignored (`&`)
     params = load_params(root)
     default_port = urlparse(params["mlflow"].get("ui_url") or "http://127.0.0.1:5000").port or 5000
     added, removed = sync_target_partitions(root, params)

@@ -20,9 +20,20 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def project_root() -> Path:
-    """The folder that holds params.yaml: $VITFORGE_ROOT, else the checkout this package lives in."""
+    """The folder that holds params.yaml: $VITFORGE_ROOT, else the checkout this package lives in.
+
+    An installed (not editable) package lives in site-packages, where no params.yaml is: it needs
+    $VITFORGE_ROOT, and a root without params.yaml is a one-line ParamsError."""
     env = os.environ.get("VITFORGE_ROOT")
-    return Path(env).resolve() if env else PACKAGE_ROOT
+    if env:
+        root = Path(env).resolve()
+        if not (root / "params.yaml").is_file():
+            raise ParamsError(f"VITFORGE_ROOT={env}: no params.yaml there; point it at the project root")
+        return root
+    if not (PACKAGE_ROOT / "params.yaml").is_file():
+        raise ParamsError(f"no params.yaml in {PACKAGE_ROOT} (vitforge is installed as a package): set "
+                          "VITFORGE_ROOT to the project root, the folder that holds params.yaml")
+    return PACKAGE_ROOT
 
 
 @lru_cache(maxsize=8)

@@ -1,7 +1,9 @@
 """MLflow tracking for every stage: one run per stage, the same way from the CLI and Dagster.
 
 The embedded default is a SQLite store at ``mlflow/mlflow.db`` with artifacts under
-``mlflow/artifacts`` (both relative to the project root); a server URI works too.
+``mlflow/artifacts`` (both relative to the project root). With a tracking server (an ``http(s)://`` URI, as in
+the prod deployment) the server decides where artifacts go (its ``--artifacts-destination``, e.g. S3): the
+experiment is created without a local artifact location.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ def absolute_tracking_uri(uri: str, root: Path) -> str:
     return uri
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server (which owns the artifact store), not a store this process writes itself."""
+    return uri.startswith(("http://", "https://"))
+
+
 @dataclass
 class Tracker:
     tracking_uri: str
@@ -41,14 +48,25 @@ class Tracker:
         return cls(absolute_tracking_uri(m["tracking_uri"], root), m["experiment"], resolve(m["artifact_root"], root))
 
     def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is not None:
             return exp.experiment_id
-        self.artifact_root.mkdir(parents=True, exist_ok=True)
-        return mlflow.create_experiment(self.experiment, artifact_location=self.artifact_root.resolve().as_uri())
+        location = None
+        if not is_server(self.tracking_uri):  # a server's artifacts go where the server says
+            self.artifact_root.mkdir(parents=True, exist_ok=True)
+            location = self.artifact_root.resolve().as_uri()
+        try:
+            return mlflow.create_experiment(self.experiment, artifact_location=location)
+        except MlflowException as err:  # another run created it meanwhile (runs on other machines)
+            exp = mlflow.get_experiment_by_name(self.experiment)
+            if err.error_code != "RESOURCE_ALREADY_EXISTS" or exp is None:
+                raise
+            return exp.experiment_id
 
     @contextmanager
     def run(self, stage: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
@@ -72,7 +90,7 @@ class Tracker:
 
     def run_url(self, run_id: str) -> str:
         """Where a person finds the run: the server page, or the store plus run id."""
-        if self.tracking_uri.startswith("http"):
+        if is_server(self.tracking_uri):
             import mlflow
 
             exp_id = mlflow.get_run(run_id).info.experiment_id

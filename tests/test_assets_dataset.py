@@ -38,7 +38,10 @@ def test_dataset_asset_and_check(project, digits_dir):
     out = dataset(context=build_asset_context(), config=DatasetConfig(data=str(digits_dir)), **resources(project))
     assert out.value["num_images"] == 1797
     assert out.metadata["dataset_version"].value == out.value["version"]
-    assert Path(out.metadata["class_histogram"].value).is_file()
+    # the plot renders inline in the UI: markdown whose image the MLflow UI serves from the run's artifacts
+    run_id = out.metadata["mlflow_run_id"].value
+    assert out.metadata["class_histogram"].value.startswith(
+        f"![class_histogram.png](http://127.0.0.1:5000/get-artifact?path=class_histogram.png&run_uuid={run_id})")
 
     result = check_dataset_valid(out.value)
     assert result.passed, result.metadata

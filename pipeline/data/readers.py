@@ -126,7 +126,8 @@ def _inspect_all(paths: list[Path], skip_invalid: bool, skipped: list[dict],
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=4) as pool:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         it = pool.map(one, paths)
-        for path, res in tqdm(zip(paths, it, strict=False), total=len(paths), desc="validate", unit="img", leave=False):
+        for path, res in tqdm(zip(paths, it, strict=False), total=len(paths), desc="validate", unit="img", leave=False,
+                              disable=None):  # None: off where not a terminal (Dagster run logs, CI)
             if isinstance(res, DatasetError):
                 if not skip_invalid:
                     raise res

@@ -1,6 +1,8 @@
 """Version a validated dataset with DVC through its Python API (no shell).
 
-The project is a DVC repo with a local directory remote by default. The dataset stage stages the validated
+The project is a DVC repo with a local directory remote by default, or a URL one (``dataset.dvc_remote_url:
+s3://bucket/dvc`` or ``$VITFORGE_DVC_REMOTE``; ``$AWS_ENDPOINT_URL`` for an S3-compatible server), from which
+``restore`` pulls a version on a machine that lacks it. The dataset stage stages the validated
 copy next to the tracked folder; ``commit_version`` then swaps it in and records it in ``<folder>.dvc`` as one
 recoverable step, pushes to the remote and returns the ``.dir`` md5 from the ``.dvc`` file: the dataset
 version. Unchanged data gives the same md5 and adds nothing; earlier versions stay in the DVC cache and the
@@ -22,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,8 +37,28 @@ from pipeline.errors import MissingStageError
 log = logging.getLogger(__name__)
 
 
-def open_repo(root: Path, remote_name: str, remote_url: Path):
-    """The DVC repo at ``root`` (created if missing), with ``remote_name`` as the default remote."""
+ENV_REMOTE = "VITFORGE_DVC_REMOTE"  # a remote URL (s3://bucket/dvc) that replaces params.yaml's dvc_remote_url
+ENV_ENDPOINT = "AWS_ENDPOINT_URL"  # an S3-compatible server (MinIO, moto) for an s3:// remote
+# A remote URL that the stages' ``resolve`` joined to the project root as if it were a folder ("/root/s3:/b/x").
+_JOINED_URL = re.compile(r"(?:^|/)(?P<scheme>s3|gs|azure|oss|ssh|http|https|webdav|hdfs):/+(?P<rest>[^/].*)$")
+
+
+def remote_location(remote_url: Path | str) -> str:
+    """The remote DVC pushes to and pulls from: $VITFORGE_DVC_REMOTE, else ``remote_url``, a folder or a URL."""
+    env = os.environ.get(ENV_REMOTE)
+    if env:
+        return env
+    match = _JOINED_URL.search(str(remote_url))
+    return f"{match['scheme']}://{match['rest']}" if match else str(remote_url)
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def open_repo(root: Path, remote_name: str, remote_url: Path | str):
+    """The DVC repo at ``root`` (created if missing), with ``remote_name`` as the default remote: a local folder,
+    or a URL (``s3://bucket/path``; ``$AWS_ENDPOINT_URL`` goes to the machine's own ``.dvc/config.local``)."""
     from dvc.repo import Repo
 
     logging.getLogger("dvc").setLevel(logging.WARNING)  # dvc's hints go to stdout otherwise
@@ -43,15 +66,30 @@ def open_repo(root: Path, remote_name: str, remote_url: Path):
         log.info("initialising a DVC repo at %s", root)
         Repo.init(str(root), no_scm=not (root / ".git").exists())
     repo = Repo(str(root))
-    current = repo.config.get("remote", {}).get(remote_name, {}).get("url")
-    if current is None or Path(current).resolve() != remote_url.resolve():
+    location = remote_location(remote_url)
+    remote = repo.config.get("remote", {}).get(remote_name, {})
+    current = remote.get("url")
+    if is_url(location):
+        endpoint = os.environ.get(ENV_ENDPOINT) if location.startswith("s3://") else None
+        if current != location or repo.config.get("core", {}).get("remote") != remote_name:
+            with repo.config.edit() as conf:
+                conf["remote"][remote_name] = {"url": location}
+                conf["core"]["remote"] = remote_name
+            repo = Repo(str(root))
+        if endpoint and remote.get("endpointurl") != endpoint:
+            with repo.config.edit("local") as conf:
+                conf["remote"][remote_name] = {"endpointurl": endpoint}
+            repo = Repo(str(root))
+        return repo
+    folder = Path(location)
+    if current is None or is_url(current) or Path(current).resolve() != folder.resolve():
         # dvc, like `dvc remote add`, reads a relative url against the current directory and stores it
         # relative to .dvc/, so the committed config works in any clone.
         with repo.config.edit() as conf:
-            conf["remote"][remote_name] = {"url": os.path.relpath(remote_url.resolve())}
+            conf["remote"][remote_name] = {"url": os.path.relpath(folder.resolve())}
             conf["core"]["remote"] = remote_name
         repo = Repo(str(root))
-    remote_url.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     return repo
 
 
@@ -69,7 +107,7 @@ def replace_dir(staged: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def dvc_add_and_push(root: Path, target: Path, remote_name: str, remote_url: Path) -> str:
+def dvc_add_and_push(root: Path, target: Path, remote_name: str, remote_url: Path | str) -> str:
     """``dvc add`` + ``dvc push`` of ``target``; return its md5 (the data version)."""
     repo = open_repo(root, remote_name, remote_url)
     _add(repo, target)
@@ -171,7 +209,8 @@ def _read_journal(target: Path) -> dict | None:
                            f"{target} with `dvc checkout` and delete the journal") from None
 
 
-def commit_version(root: Path, staged: Path, target: Path, remote_name: str, remote_url: Path) -> str:
+def commit_version(root: Path, staged: Path, target: Path, remote_name: str, remote_url: Path | str
+                   ) -> str:
     """Swap ``staged`` in at ``target``, ``dvc add`` it and push: one recoverable step; return the version.
 
     An exception (Ctrl-C included) before the version is added rolls back at once; a SIGKILL leaves the
@@ -213,7 +252,7 @@ def commit_version(root: Path, staged: Path, target: Path, remote_name: str, rem
     return version
 
 
-def recover_interrupted(root: Path, target: Path, remote_name: str, remote_url: Path) -> str | None:
+def recover_interrupted(root: Path, target: Path, remote_name: str, remote_url: Path | str) -> str | None:
     """What the dataset stage does first: finish or undo an interrupted commit, push included."""
     jpath = journal_path(target)
     if jpath is None or not jpath.is_file():
@@ -309,6 +348,24 @@ def read_version(target: Path) -> str:
         raise MissingStageError(f"{pointer}: no dataset version yet; run `vitforge stage dataset` first") from None
     except (yaml.YAMLError, UnicodeDecodeError, KeyError, IndexError, TypeError):
         raise DatasetError(pointer, "not a DVC file with one output and its md5") from None
+
+
+def restore(root: Path, target: Path, remote_name: str, remote_url: Path | str) -> bool:
+    """Bring ``target`` to the version its ``.dvc`` file records, pulling from the remote what the local cache
+    lacks (a run on a machine other than the one that made the version). True when anything was restored."""
+    repo = open_repo(root, remote_name, remote_url)
+    with commit_lock(target):
+        recover(target)
+        if target.exists() and not _status(target):
+            return False
+        stats = repo.pull(targets=[str(target.resolve())], remote=remote_name, force=True)
+        differs = _status(target)
+    if differs:
+        raise DatasetError(target, f"still differs from {dvc_file(target).name} after `dvc pull` from "
+                           f"{remote_location(remote_url)}: {differs}")
+    log.info("restored %s (version %s) from %s: %s", target, read_version(target), remote_location(remote_url),
+             stats)
+    return True
 
 
 def checkout(root: Path, target: Path) -> None:

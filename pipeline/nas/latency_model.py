@@ -197,7 +197,8 @@ def measure_archs(archs: list[Arch], space: SearchSpace, target: Target, workdir
     knobs = robust_settings(rounds=rounds, max_drift=max_drift, remeasure=remeasure, outlier_mad=outlier_mad)
     archs = list(dict.fromkeys(archs))
     paths = {a: export_arch(a, space, target, workdir, mean=mean, std=std)
-             for a in tqdm(archs, desc=f"export {target.name}", unit="arch", leave=False, disable=len(archs) < 4)}
+             for a in tqdm(archs, desc=f"export {target.name}", unit="arch", leave=False,
+                                disable=True if len(archs) < 4 else None)}  # None: off where not a terminal
     rng = np.random.default_rng(0)
     with ExitStack() as stack:
         items = {}
