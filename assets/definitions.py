@@ -6,7 +6,7 @@ import os
 # progress as lines; the CLI keeps its bars).
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from dagster import Definitions  # noqa: E402
+from dagster import Definitions, in_process_executor  # noqa: E402
 
 from assets.architecture import architecture
 from assets.checks import check_dataset_valid
@@ -29,6 +29,9 @@ def definitions(resources: dict) -> Definitions:
         schedules=[weekly_retrain],
         asset_checks=[check_dataset_valid],
         resources=resources,
+        # The chain is serial (each asset needs the one before), so its steps share one process: no torch import
+        # and model load per step. A run is still one process (one pod under K8sRunLauncher).
+        executor=in_process_executor,
     )
 
 

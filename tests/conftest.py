@@ -43,6 +43,18 @@ def digits_dir(tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def digits_few(digits_dir, tmp_path_factory) -> Path:
+    """The first 40 scans of each digit (400 real images): for chain tests where the set's size is not the
+    point, so that they stay quick."""
+    dest = tmp_path_factory.mktemp("digits_few") / "digits"
+    for label in sorted(d.name for d in digits_dir.iterdir() if d.is_dir()):
+        (dest / label).mkdir(parents=True)
+        for f in sorted((digits_dir / label).iterdir())[:40]:
+            shutil.copy(f, dest / label / f.name)
+    return dest
+
+
 def make_project(root: Path) -> Path:
     """A project root as a user has one: a git checkout whose first commit holds the repo's params.yaml
     (registration records the commit, and refuses a tree that is not a checkout)."""

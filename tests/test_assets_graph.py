@@ -53,10 +53,10 @@ def test_sensor_adds_and_removes_target_partitions(project):
         assert instance.get_dynamic_partitions("targets") == ["cpu-ort-fp32"]
 
 
-def test_weekly_retrain_ends_in_a_candidate_for_every_target_measurable_here(tiny_project, digits_dir):
+def test_weekly_retrain_ends_in_a_candidate_for_every_target_measurable_here(tiny_project, digits_few):
     """A new target file, the schedule's tick, then the jobs the sensors start: the whole chain on a tiny
     config, to a registered candidate. A TensorRT target (not measurable here) is not retrained."""
-    set_params(tiny_project, dataset__data=str(digits_dir))  # the real gates, on a tiny config
+    set_params(tiny_project, dataset__data=str(digits_few))  # the real gates, on a tiny config
     folder = tiny_project / "infra" / "targets"
     folder.mkdir(parents=True)
     (folder / "edge-box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\nthreads: 1\n"
@@ -73,7 +73,7 @@ def test_weekly_retrain_ends_in_a_candidate_for_every_target_measurable_here(tin
             [tick] = weekly_retrain.evaluate_tick(ctx).run_requests
         retrain = defs.resolve_job_def("retrain").execute_in_process(instance=instance, run_config=tick.run_config)
         assert retrain.success
-        assert retrain.output_for_node("dataset")["source_hash"] == content_hash(digits_dir)  # params' data
+        assert retrain.output_for_node("dataset")["source_hash"] == content_hash(digits_few)  # params' data
         with build_run_status_sensor_context(
                 sensor_name="retrain_targets_sensor", dagster_instance=instance, dagster_run=retrain.dagster_run,
                 dagster_event=retrain.get_run_success_event(), resources={"project": proj}) as ctx:

@@ -48,10 +48,10 @@ def run_statuses(root, stage: str) -> list[str]:
         return [r[0] for r in con.execute("select status from runs where name = ?", (stage,))]
 
 
-def test_ctrl_c_prints_one_line_exits_130_and_marks_the_run_killed(project, digits_dir):
+def test_ctrl_c_prints_one_line_exits_130_and_marks_the_run_killed(project, digits_few):
     set_params(project, **{**TINY, "pretrain__epochs": 10000})  # long enough to be interrupted
     vitforge = [sys.executable, "-m", "pipeline.cli", "--root", str(project)]
-    subprocess.run(vitforge + ["stage", "dataset", "--data", str(digits_dir)], check=True, capture_output=True)
+    subprocess.run(vitforge + ["stage", "dataset", "--data", str(digits_few)], check=True, capture_output=True)
     proc = subprocess.Popen(vitforge + ["stage", "pretrain"], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

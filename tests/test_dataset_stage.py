@@ -102,11 +102,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(project, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_prints_version_and_counts(project, digits_dir):
-    cmd = [sys.executable, "-m", "pipeline.cli", "--root", str(project), "stage", "dataset", "--data", str(digits_dir)]
+def test_cli_prints_version_and_counts(project, digits_few):
+    cmd = [sys.executable, "-m", "pipeline.cli", "--root", str(project), "stage", "dataset", "--data", str(digits_few)]
     out1 = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     out2 = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    assert "1797 images, 10 classes" in out1
+    assert "400 images, 10 classes" in out1
     assert out1.splitlines()[0] == out2.splitlines()[0]
     assert out1.splitlines()[0].startswith("dataset version ")
 

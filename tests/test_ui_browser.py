@@ -77,10 +77,10 @@ def _wait_for_run(root: Path, timeout_s: float = 480.0):
     pytest.fail(f"no run ended within {timeout_s:.0f} s")
 
 
-def test_a_new_target_from_the_ui_builds_only_its_own_assets(tiny_project, digits_dir):
+def test_a_new_target_from_the_ui_builds_only_its_own_assets(tiny_project, digits_few):
     sync_playwright = _browser()
     root = tiny_project
-    set_params(root, targets_dir="targets", dataset__data=str(digits_dir))
+    set_params(root, targets_dir="targets", dataset__data=str(digits_few))
     (root / "targets").mkdir()
     for args in (["stage", "dataset"], ["stage", "pretrain"], ["stage", "supernet"]):
         assert main(["--root", str(root), *args]) == 0, args
