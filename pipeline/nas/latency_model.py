@@ -92,7 +92,8 @@ def cache_key(space: SearchSpace, target: Target, *, n_fit: int, n_holdout: int,
            "seed": seed, "warmup": warmup, "runs": runs, "rounds": rounds, "max_drift": max_drift,
            "remeasure": remeasure, "outlier_mad": outlier_mad, "runtime": target.runtime, "device": target.device,
            "precision": target.precision, "threads": target.threads, "batch_size": target.batch_size,
-           "input_size": target.input_size, "machine": machine_identity(target)}
+           "input_size": target.input_size, "graph": "as shipped: batch axis dynamic",
+           "machine": machine_identity(target)}
     return json.loads(json.dumps(key))
 
 
@@ -178,9 +179,11 @@ def sample_archs(space: SearchSpace, n: int, seed: int, allowed_sizes: tuple[int
 
 def export_arch(arch: Arch, space: SearchSpace, target: Target, workdir: Path, *, mean: list[float],
                 std: list[float]) -> Path:
-    """``arch`` with random weights, exported as it would ship (int8 ONNX Runtime targets: QDQ quantized)."""
+    """``arch`` with random weights, exported as it would ship: the package's graph, batch axis dynamic (int8
+    ONNX Runtime targets: QDQ quantized). A static-batch graph times 15 % faster on a 0.2 ms subnet (no shape
+    arithmetic at run time) than the package then measures, so a pick at the edge of the budget failed it."""
     onnx_path = export_onnx(build_vit(arch, space).eval(), workdir / f"{arch.short()}.onnx", input_size=arch.img_size,
-                            mean=mean, std=std, dynamic_batch=False, batch_size=target.batch_size, check=False)
+                            mean=mean, std=std, dynamic_batch=True, batch_size=target.batch_size, check=False)
     if target.precision == "int8" and target.runtime == "onnxruntime":
         calib = np.random.default_rng(0).integers(0, 256, (16, arch.img_size, arch.img_size, 3), dtype=np.uint8)
         onnx_path = quantize_int8(onnx_path, onnx_path.with_suffix(".int8.onnx"), calib)
