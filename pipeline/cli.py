@@ -123,9 +123,10 @@ def cmd_stage_supernet(args: argparse.Namespace) -> int:
 
 def cmd_stage_search(args: argparse.Namespace) -> int:
     from pipeline.stages.common import dataset_ref
-    from pipeline.stages.search import run_search
+    from pipeline.stages.search import resolve_target, run_search
 
     params = load_params(args.root)
+    resolve_target(args.root, params, args.target)  # unknown or not measurable here: before any work
     weights = paths(args.root, params).supernet()
     if not weights.is_file():
         raise MissingStageError(f"{weights}: no supernet yet; run `vitforge stage supernet` first")
@@ -170,8 +171,10 @@ def _read_json(path: Path, hint: str) -> dict:
 def cmd_stage_finetune(args: argparse.Namespace) -> int:
     from pipeline.stages.common import dataset_ref
     from pipeline.stages.finetune import run_finetune
+    from pipeline.stages.search import target_file
 
     params = load_params(args.root)
+    target_file(args.root, params, args.target)  # an unknown target is named as one, not as a missing stage
     arch = _read_json(paths(args.root, params).search_result(args.target),
                       f"vitforge stage search --target {args.target}")
     tracker = _tracker(args.root, params)
@@ -188,8 +191,10 @@ def cmd_stage_finetune(args: argparse.Namespace) -> int:
 def cmd_stage_package(args: argparse.Namespace) -> int:
     from pipeline.stages.common import dataset_ref
     from pipeline.stages.package import run_package
+    from pipeline.stages.search import target_file
 
     params = load_params(args.root)
+    target_file(args.root, params, args.target)  # an unknown target is named as one, not as a missing stage
     arch = _read_json(paths(args.root, params).search_result(args.target),
                       f"vitforge stage search --target {args.target}")
     model = _read_json(paths(args.root, params).finetune_result(args.target),

@@ -68,3 +68,12 @@ def test_ctrl_c_prints_one_line_exits_130_and_marks_the_run_killed(project, digi
     lines = [line for line in err.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
     assert "Traceback" not in err and lines[-1].startswith("interrupted"), err
     assert run_statuses(project, "pretrain") == ["KILLED"]
+
+
+@pytest.mark.parametrize("stage", ["search", "finetune", "package"])
+def test_every_target_stage_names_an_unknown_target(project, capsys, stage):
+    from pipeline.cli import main
+
+    assert main(["--root", str(project), "stage", stage, "--target", "no-such-target"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown target 'no-such-target'") and "run `vitforge" not in err, err

@@ -73,16 +73,22 @@ class SearchStageResult:
         return not self.failed_gates
 
 
-def resolve_target(root: Path, params: dict[str, Any], name: str) -> tuple[Target, Path]:
+def target_file(root: Path, params: dict[str, Any], name: str) -> Path:
+    """The file of target ``name``; an unknown name is a TargetError naming the folder and the known ones."""
     folder = resolve(params["targets_dir"], root)
     files = list_targets(folder)
     if name not in files:
         raise TargetError(f"unknown target {name!r}: no {folder / (name + '.yaml')} (known: {sorted(files)})")
-    target = load_target(files[name])
+    return files[name]
+
+
+def resolve_target(root: Path, params: dict[str, Any], name: str) -> tuple[Target, Path]:
+    path = target_file(root, params, name)
+    target = load_target(path)
     ok, why = target.measurable_here()
     if not ok:
         raise TargetError(f"target {name!r} cannot be measured on this machine: {why}")
-    return target, files[name]
+    return target, path
 
 
 def standard_error(p: float, n: int) -> float:
