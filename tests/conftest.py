@@ -93,7 +93,7 @@ TINY = {
     "dataset__demo_image_size": 16,
     "latency__n_fit": 10, "latency__n_holdout": 6, "latency__warmup": 2, "latency__runs": 10,
     "search__population": 4, "search__generations": 2, "search__parents": 2, "search__mutations_per_gen": 2,
-    "search__crossovers_per_gen": 2,
+    "search__crossovers_per_gen": 2, "search__rerank_top_k": 2, "search__rerank_steps": 20,
     "finetune__epochs": 2, "finetune__threads": 1, "finetune__warmup_steps": 2, "finetune__checkpoint_every": 10,
     "finetune__lr": 3.0e-3,
     "export__warmup": 2, "export__runs": 10, "export__parity_images": 32, "export__calibration_images": 32,
@@ -156,10 +156,10 @@ def packages(tmp_path_factory, digits_dataset):
 
     root = make_project(tmp_path_factory.mktemp("edge") / "project")
     params = set_params(root, **TINY)
-    sn = train_supernet(digits_dataset, root / "sn", params, backbone=None, overrides={"epochs": 1})
+    sn = train_supernet(digits_dataset, root / "sn", params, backbone=None, overrides={"epochs": 2})
     arch = SearchSpace.from_params(params["space"]).largest()
-    # short schedules: the edge tests prove a package's outputs and hashes, not its accuracy
-    ft = finetune(digits_dataset, root / "ft", params, sn.weights, arch, overrides={"epochs": 2})
+    # long enough that a package exported with the wrong normalization disagrees with PyTorch on the probe set
+    ft = finetune(digits_dataset, root / "ft", params, sn.weights, arch, overrides={"epochs": 4})
     pkgs = {name: build_package(ft.weights, digits_dataset, root / name, edge_target(budget), params)
             for name, budget in (("good", 50.0), ("good2", 50.0), ("slow", 1e-6))}
     # the same weights exported with another mean/std: every hash matches, the outputs do not
