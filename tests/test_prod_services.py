@@ -81,7 +81,7 @@ def test_prod_deployment_across_machines(services, tmp_path, digits_dir, monkeyp
         for image in sorted(folder.iterdir())[:PER_CLASS]:
             shutil.copy(image, data / folder.name / image.name)
     root = make_project(tmp_path / "project")
-    params = set_params(root, **TINY, **PROD, dataset__data=str(data),
+    params = set_params(root, **{**TINY, **PROD}, dataset__data=str(data),
                         dataset__dvc_remote_url=f"s3://{services.bucket.split('/')[2]}/dvc")
     (root / "infra" / "targets").mkdir(parents=True)
     for target in TARGETS:
