@@ -26,7 +26,7 @@ from dagster import (
     build_output_context,
 )
 
-from assets.partitions import sync_targets, targets_partitions
+from assets.partitions import targets_partitions
 
 
 def dagster_home(root: Path) -> Path:
@@ -52,9 +52,8 @@ def record(root: Path, asset: str, output: Output | None, checks: list[AssetChec
     ``output`` None (a gate failed): only the checks, failed, and no materialization."""
     key = AssetKey(asset)
     with project_instance(root) as instance:
-        if partition is not None and partition not in instance.get_dynamic_partitions(targets_partitions.name):
-            names = instance.get_dynamic_partitions(targets_partitions.name)
-            sync_targets(instance, [*names, partition])
+        if partition is not None and not instance.has_dynamic_partition(targets_partitions.name, partition):
+            instance.add_dynamic_partitions(targets_partitions.name, [partition])
         if output is not None:
             io = FilesystemIOManager(base_dir=str(storage_dir(root))).create_io_manager(build_init_resource_context())
             ctx = build_output_context(asset_key=key, partition_key=partition, instance=instance,
