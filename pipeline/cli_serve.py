@@ -124,8 +124,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_targets_sync(args: argparse.Namespace) -> int:
-    added, removed = sync_target_partitions(args.root, load_params(args.root))
+    from pipeline.dvc_targets import INDEX, sync_index
+
+    params = load_params(args.root)
+    added, removed = sync_target_partitions(args.root, params)
     print(f"target partitions: added {added or 'none'}, removed {removed or 'none'}")
+    names, changed = sync_index(args.root, params)
+    print(f"{INDEX} (dvc.yaml's targets): {', '.join(names) or 'none'}{'' if changed else ' (unchanged)'}")
     return 0
 
 
@@ -134,5 +139,5 @@ def add_serve_commands(sub, targets_sub) -> None:
     p.add_argument("--dagster-port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=None, help="default: the port of params.yaml mlflow.ui_url")
     p.set_defaults(func=cmd_serve)
-    p = targets_sub.add_parser("sync", help="make the Dagster target partitions match the target files")
+    p = targets_sub.add_parser("sync", help="make the Dagster target partitions and dvc.yaml's target list match the target files")
     p.set_defaults(func=cmd_targets_sync)

@@ -39,6 +39,10 @@ class Paths:
     def dataset(self) -> Path:
         return self._dir("dataset", "tracked_dir")
 
+    def dataset_version_file(self) -> Path:
+        """The dataset stage's version record: what dvc.yaml's later stages depend on."""
+        return self._dir("dataset") / "version.json"
+
     def dataset_pointer(self) -> Path:
         folder = self.dataset()
         return folder.with_name(folder.name + ".dvc")

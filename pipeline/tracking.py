@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from typing import Any
 from pipeline.params import git_sha, resolve
 
 log = logging.getLogger(__name__)
+
+ENV_TRACKING_URI = "VITFORGE_MLFLOW_TRACKING_URI"
+ENV_EXPERIMENT = "VITFORGE_MLFLOW_EXPERIMENT"
 
 
 def absolute_tracking_uri(uri: str, root: Path) -> str:
@@ -44,8 +48,12 @@ class Tracker:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], root: Path) -> Tracker:
+        """params.yaml ``mlflow:``; ``$VITFORGE_MLFLOW_TRACKING_URI`` and ``$VITFORGE_MLFLOW_EXPERIMENT`` win (a
+        rebuild sends its runs to a store of its own without touching params.yaml, whose hash it proves)."""
         m = params["mlflow"]
-        return cls(absolute_tracking_uri(m["tracking_uri"], root), m["experiment"], resolve(m["artifact_root"], root))
+        uri = os.environ.get(ENV_TRACKING_URI) or m["tracking_uri"]
+        experiment = os.environ.get(ENV_EXPERIMENT) or m["experiment"]
+        return cls(absolute_tracking_uri(uri, root), experiment, resolve(m["artifact_root"], root))
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,9 @@ class TrainConfig:
     max_steps: int | None = None  # an exact step count (tests, benchmarks, replays); wins over epochs and time
     time_budget_s: float | None = None  # steps are fitted to this wall-clock budget instead of the epochs
     min_steps: int = 1  # a time budget never gives fewer steps than this
+    # [[step, total], ...]: the totals a time-budgeted run fitted, each from its step on (pipeline/replay.py);
+    # given, the run replays them instead of timing itself: the same steps and learning rates, bit for bit
+    schedule: list[list[int]] | None = None
     layer_decay: float | None = None  # lr scale per ViT layer from the head down (timm); None: one lr
     ema_decay: float | None = None  # keep an EMA of the weights (timm ModelEmaV3, with warm-up); None: off
 
@@ -233,15 +236,17 @@ class TrainResult:
     images_per_s: float
     seconds: float
     ema: nn.Module | None = None  # the EMA of the weights (a copy of the model), when ``ema_decay`` is set
+    totals: list[list[int]] = field(default_factory=list)  # [[step, total], ...]: the total in force from each step
 
     def summary(self) -> dict[str, Any]:
         """What a torchrun worker sends back (the EMA ships in the weights file instead)."""
         return {"steps": self.steps, "history": self.history, "images_per_s": self.images_per_s,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "totals": self.totals}
 
     @classmethod
     def from_summary(cls, d: dict[str, Any]) -> TrainResult:
-        return cls(int(d["steps"]), [float(v) for v in d["history"]], float(d["images_per_s"]), float(d["seconds"]))
+        return cls(int(d["steps"]), [float(v) for v in d["history"]], float(d["images_per_s"]), float(d["seconds"]),
+                   totals=[list(t) for t in d.get("totals", [])])
 
 
 def train(
@@ -280,7 +285,8 @@ def train(
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
     total = total_steps(n_samples, cfg)
-    fitted = cfg.max_steps is not None or cfg.time_budget_s is None  # the step count is known up front
+    replayed = {int(at): int(n) for at, n in cfg.schedule} if cfg.schedule else None
+    fitted = cfg.max_steps is not None or cfg.time_budget_s is None or replayed is not None  # known up front
     start, history = 0, []
     ckpt_config = {"train": asdict(cfg), **(config or {})}
     resumed = False
@@ -317,6 +323,9 @@ def train(
         total, fitted = start + cfg.min_steps, True
     if not fitted:  # provisional, until the probe steps are timed
         total = max(total, cfg.min_steps, start + 1 + PROBE_STEPS)
+    if replayed is not None:  # the recorded totals, from the one in force at ``start``
+        total = replayed[max(at for at in replayed if at <= start)]
+    totals = [[start, total]]
 
     model.train()
     t0 = time.perf_counter()
@@ -374,6 +383,12 @@ def train(
                 dist.broadcast(t, 0)
                 total = int(t)
             bar.total = total
+            if total != totals[-1][1]:
+                totals.append([step, total])
+        elif replayed is not None and step in replayed and replayed[step] != total:
+            total = replayed[step]
+            totals.append([step, total])
+            bar.total = total
         if checkpoint is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == total):
             known = not timed or step >= start + 1 + PROBE_STEPS  # not the provisional count before the first fit
             save_checkpoint(checkpoint, model, opt, step, ckpt_config, history, total if known else None, ema)
@@ -384,7 +399,7 @@ def train(
     if timed:
         log.info("%s: %d steps in %.0f s (budget %.0f s)", desc, step - start, elapsed, cfg.time_budget_s)
     return TrainResult(len(history), history, seen / max(elapsed, 1e-9), elapsed,
-                       ema.module if ema is not None else None)
+                       ema.module if ema is not None else None, totals)
 
 
 class WorkerError(RuntimeError):

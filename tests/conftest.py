@@ -69,6 +69,45 @@ def make_project(root: Path) -> Path:
     return root
 
 
+GIT = ["git", "-c", "user.name=vitforge tests", "-c", "user.email=tests@vitforge.invalid"]
+
+
+def commit_all(root: Path, message: str) -> str:
+    """``git add -A`` and commit in ``root``; returns the new HEAD."""
+    import subprocess
+
+    subprocess.run([*GIT, "-C", str(root), "add", "-A"], check=True)
+    subprocess.run([*GIT, "-C", str(root), "commit", "-q", "-m", message], check=True)
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def clone_code(dest: Path) -> Path:
+    """A project that holds vitforge's code, as a user's clone does: this checkout's files as they are now
+    (tracked and untracked, not ignored) in a fresh git repo with one commit. Its CLI runs that code with
+    ``PYTHONPATH`` = the clone (``clone_env``)."""
+    import subprocess
+
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    subprocess.run(["git", "init", "-q", str(dest)], check=True)
+    commit_all(dest, "clone")
+    return dest
+
+
+def clone_env(clone: Path) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "VITFORGE_ROOT"}
+    env["PYTHONPATH"] = str(clone)
+    return env
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A fresh project root: the repo's params.yaml; DVC repo and MLflow store made on first use."""

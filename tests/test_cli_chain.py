@@ -1,4 +1,5 @@
-"""`vitforge run`: the whole chain from the command line under one time budget, on a tiny config."""
+"""`vitforge run`: the whole chain from the command line under one time budget, on a tiny config; then
+`vitforge rebuild` of what it registered, after the project has moved on, gives the same sha256s."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import set_params
+from conftest import TINY, clone_code, clone_env, commit_all, set_params
 
 from pipeline.weights import load_weights
 
 
-def test_run_splits_its_time_budget_and_ends_registered(tiny_project, digits_dir):
+def test_run_splits_its_time_budget_and_ends_registered(tmp_path, digits_dir, digits_few):
+    tiny_project = clone_code(tmp_path / "clone")  # a user's clone: the code, params.yaml, .dvc/ in git
+    set_params(tiny_project, **TINY)
     set_params(tiny_project, latency__max_mape=1.0, targets_dir="targets", pretrain__min_steps=3,
                supernet__min_steps=3, finetune__min_steps=3, search__rerank_top_k=2,
                # fitted to the 16 px images and the 50 ms budget: 8 px patches would leave a 2x2 grid
@@ -22,9 +25,14 @@ def test_run_splits_its_time_budget_and_ends_registered(tiny_project, digits_dir
     (tiny_project / "targets").mkdir()
     (tiny_project / "targets" / "box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\n"
                                                        "threads: 1\nbatch_size: 1\nlatency_budget_ms: 50\n")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(tiny_project), "run", "--data",
-                           str(digits_dir), "--target", "box", "--time-budget", "40s"],
-                          capture_output=True, text=True, check=False, timeout=600)
+    commit_all(tiny_project, "tiny config, target box")
+    env = clone_env(tiny_project)
+
+    def cli(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(tiny_project), *argv],
+                              cwd=tiny_project, env=env, capture_output=True, text=True, check=False, timeout=600)
+
+    proc = cli("run", "--data", str(digits_dir), "--target", "box", "--time-budget", "40s")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for stage in ("pretrain", "supernet", "search box", "finetune box"):
@@ -54,3 +62,37 @@ def test_run_splits_its_time_budget_and_ends_registered(tiny_project, digits_dir
     assert search["arch"]["img_size"] == 16
     finetune = json.loads((tiny_project / "runs" / "finetune" / "box" / "result.json").read_text())
     assert finetune["steps"] >= 3 and finetune["test_top1"] > 0.2  # 10 classes: well above chance
+
+    # the project moves on: a new data version and a changed param, committed
+    registered = json.loads((tiny_project / "runs" / "package" / "box" / "result.json").read_text())
+    assert cli("stage", "dataset", "--data", str(digits_few)).returncode == 0
+    set_params(tiny_project, finetune__lr=1.0e-3)
+    commit_all(tiny_project, "new data, new lr")
+    before = {f: (tiny_project / f).read_bytes() for f in ("params.yaml", "data/dataset.dvc",
+                                                           "runs/finetune/box/model.safetensors")}
+    head = subprocess.run(["git", "-C", str(tiny_project), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout
+
+    proc = cli("rebuild", "vitforge-digits@1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = proc.stdout.split("== rebuild of vitforge-digits version 1 (box)")[1]
+    for name in ("weights (tensors)", "model.onnx", "label_map.json"):
+        row = next(line for line in table.splitlines() if line.startswith(name))
+        assert row.split()[-1] == "yes", table
+    assert "identical: every sha256 matches" in proc.stdout
+    assert registered["package"]["files_sha256"]["model.onnx"][:16] in table
+
+    # nothing of the user's moved: working tree, HEAD, registry (the rebuild registered in its own store)
+    assert {f: (tiny_project / f).read_bytes() for f in before} == before
+    assert subprocess.run(["git", "-C", str(tiny_project), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout == head
+    worktrees = subprocess.run(["git", "-C", str(tiny_project), "worktree", "list"], capture_output=True, text=True,
+                               check=True).stdout
+    assert len(worktrees.splitlines()) == 1, worktrees
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_project / 'mlflow' / 'mlflow.db'}")
+    assert [v.version for v in client.search_model_versions("name='vitforge-digits'")] == ["1"]
+    exp = client.get_experiment_by_name("vitforge-rebuild")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.metrics["matched"] == 1.0 and run.data.tags["version"] == "1"

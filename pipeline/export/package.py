@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import replay
 from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split
 from pipeline.errors import StaleStageError
@@ -187,8 +188,13 @@ def _pick_optimized(fp32: Path, model: torch.nn.Module, work: Path, edge: EdgeMo
     parity = check_parity(opt, edge, target, images, labels, p["parity_images"], size)
     if parity.max_abs_diff > p["fp32_max_abs_diff"]:
         return fp32, f"rejected: max abs diff {parity.max_abs_diff:.2e}"
-    base = measure_latency(fp32, target, input_size=size, warmup=p["warmup"] // 2, runs=p["runs"] // 3).p50_ms
-    fast = measure_latency(opt, target, input_size=size, warmup=p["warmup"] // 2, runs=p["runs"] // 3).p50_ms
+
+    def timed() -> list[float]:
+        return [measure_latency(f, target, input_size=size, warmup=p["warmup"] // 2, runs=p["runs"] // 3).p50_ms
+                for f in (fp32, opt)]
+
+    # which graph ships is decided by the clock: recorded, and read back by a rebuild (pipeline/replay.py)
+    base, fast = replay.decide(f"optimizer:{target.name}", timed)
     if fast >= base:
         return fp32, f"rejected: not faster (p50 {fast:.3f} vs {base:.3f} ms)"
     return opt, f"onnxruntime transformer optimizer (p50 {fast:.3f} vs {base:.3f} ms unoptimized)"

@@ -36,7 +36,8 @@ from pipeline.errors import ParamsError
 from pipeline.export.onnx import INPUT_NAME, export_onnx
 from pipeline.export.quantize import quantize_int8
 from pipeline.models.supernet import Arch, SearchSpace, arch_flops, arch_params, build_vit, num_tokens
-from pipeline.targets.latency import RoundsReport, robust_stat, time_rounds
+from pipeline import replay
+from pipeline.targets.latency import RobustTiming, RoundsReport, robust_stat, time_rounds
 from pipeline.targets.runners import cpu_model, make_runner
 from pipeline.targets.schema import Target, board_model, cuda_device_name, target_file_sha256, tensorrt_version
 
@@ -159,7 +160,11 @@ class LatencyModel:
 
     @classmethod
     def load(cls, path: Path) -> LatencyModel:
-        d = json.loads(Path(path).read_text())
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyModel:
+        d = dict(d)
         d["fit"] = [Measurement(**m) for m in d["fit"]]
         d["holdout"] = [Measurement(**m) for m in d["holdout"]]
         return cls(**d)
@@ -199,6 +204,27 @@ def measure_archs(archs: list[Arch], space: SearchSpace, target: Target, workdir
     """
     knobs = robust_settings(rounds=rounds, max_drift=max_drift, remeasure=remeasure, outlier_mad=outlier_mad)
     archs = list(dict.fromkeys(archs))
+    # a clock-dependent decision: recorded, or read back under a rebuild's replay (pipeline/replay.py)
+    key = json.dumps({"measure": target.name, "space": asdict(space), "archs": [a.to_dict() for a in archs],
+                      "warmup": warmup, "runs": runs, **knobs}, sort_keys=True, default=str)
+    return replay.decide(key, lambda: _time_archs(archs, space, target, workdir, warmup=warmup, runs=runs,
+                                                  mean=mean, std=std, knobs=knobs),
+                         encode=_encode_report, decode=_decode_report)
+
+
+def _encode_report(report: RoundsReport) -> dict[str, Any]:
+    return {"timings": [[a.to_dict(), asdict(t)] for a, t in report.timings.items()],
+            "reference_ms": report.reference_ms, "drift": report.drift, "kept_rounds": report.kept_rounds,
+            "remeasured": report.remeasured, "settings": report.settings}
+
+
+def _decode_report(d: dict[str, Any]) -> RoundsReport:
+    timings = {Arch(**a): RobustTiming(**t) for a, t in d["timings"]}
+    return RoundsReport(timings, d["reference_ms"], d["drift"], d["kept_rounds"], d["remeasured"], d["settings"])
+
+
+def _time_archs(archs: list[Arch], space: SearchSpace, target: Target, workdir: Path, *, warmup: int, runs: int,
+                mean: list[float], std: list[float], knobs: dict[str, Any]) -> RoundsReport:
     paths = {a: export_arch(a, space, target, workdir, mean=mean, std=std)
              for a in tqdm(archs, desc=f"export {target.name}", unit="arch", leave=False,
                                 disable=True if len(archs) < 4 else None)}  # None: off where not a terminal

@@ -48,8 +48,11 @@ class GitProvenance:
     dirty: bool
 
 
-def git_provenance(root: Path, *, allow_dirty: bool = False) -> GitProvenance:
+def git_provenance(root: Path, *, allow_dirty: bool = False, besides: tuple[Path, ...] = ()) -> GitProvenance:
     """The commit of the git checkout holding ``root`` and whether its tracked files have changes.
+
+    ``besides``: files whose changes do not count (the dataset's ``.dvc`` pointer: the version records the
+    dataset version itself, and a chain run that versions new data changes the pointer before it registers).
 
     Outside a checkout (or in one without a commit, or without git) this raises ProvenanceError naming the
     reason, unless ``allow_dirty``: then the SHA records that reason and the tree counts as dirty, since
@@ -69,7 +72,10 @@ def git_provenance(root: Path, *, allow_dirty: bool = False) -> GitProvenance:
         except subprocess.CalledProcessError:
             reason = f"the git checkout holding {root} has no commit yet"
         else:
-            return GitProvenance(sha, bool(git("status", "--porcelain", "--untracked-files=no")))
+            skip = {Path(p).resolve() for p in besides}
+            top = Path(git("rev-parse", "--show-toplevel"))
+            changed = git("diff", "--name-only", "HEAD").splitlines()  # tracked files, staged or not
+            return GitProvenance(sha, any((top / c).resolve() not in skip for c in changed))
     if not allow_dirty:
         raise ProvenanceError(f"refusing to register: {reason}, so the version could not record which code made "
                               f"it; commit the project in git, or pass allow_dirty=True (--allow-dirty)")

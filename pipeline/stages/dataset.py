@@ -21,7 +21,7 @@ from pipeline.data.manifest import UNLABELED
 from pipeline.data.readers import read_unlabeled
 from pipeline.data.versioning import aside, commit_version, recover_interrupted
 from pipeline.params import resolve
-from pipeline.paths import paths
+from pipeline.paths import paths, write_result
 from pipeline.tracking import Tracker, log_figure, log_file, log_json
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,9 @@ def run_dataset(
         run_id = run.info.run_id
     log.info("dataset version %s: %d images, %s, %d unlabeled, native size %s", version, len(labelled), counts,
              n_unlabeled, manifest.native_size)
+    # the version alone (no run id): dvc.yaml's later stages depend on it, and it changes only with the data
+    write_result(paths(root, params).dataset_version_file(), {"version": version,
+                                                              "tracked_dir": paths(root, params).rel(target)})
     return DatasetResult(version, str(target), str(target / "manifest.json"), manifest.format, manifest.classes,
                          counts, hist, len(labelled), manifest.skipped, run_id, hist_uri,
                          unlabeled=n_unlabeled, native_size=manifest.native_size, source_hash=source_hash)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import plots
+from pipeline import plots, replay
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
 from pipeline.paths import paths, write_result
@@ -58,13 +58,17 @@ def run_finetune(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
     arch = Arch(**architecture["arch"])
     out_dir = paths(root, params).finetune_dir(target)
     check_dataset(dataset)
-    with tracker.run("finetune", {"dataset_version": dataset["version"], "target": target, **(tags or {})}) as run:
+    with replay.recording("finetune") as journal, \
+            tracker.run("finetune", {"dataset_version": dataset["version"], "target": target, **(tags or {})}) as run:
         import mlflow
 
         mlflow.log_params({f"arch.{k}": v for k, v in arch.to_dict().items()}
                           | {k: v for k, v in params["finetune"].items() if k != "out_dir"})
         res = finetune(Path(dataset["tracked_dir"]), out_dir, params, Path(architecture["supernet_weights"]), arch,
-                       resume=resume, meta={**provenance(dataset, tags), "target": target}, overrides=overrides)
+                       resume=resume, meta={**provenance(dataset, tags), "target": target},
+                       overrides=replay.steps_override("finetune", overrides))
+        replay.record_steps("finetune", res.train.totals)
+        replay.write_sidecar(res.weights, replay.chain(architecture.get("replay"), journal))
         log_history(res.train.history)
         mlflow.log_metrics({"test_top1": res.test.top1, "train_seconds": res.train.seconds,
                             **{f"test_recall.{c}": r for c, r in zip(res.classes, res.test.recall, strict=True)},

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import plots
+from pipeline import plots, replay
 from pipeline.export.package import build_package
 from pipeline.paths import paths, write_result
 from pipeline.registry.gates import champion_gate, latency_gate, parity_gate
@@ -24,6 +24,16 @@ from pipeline.registry.mlflow_registry import (
 from pipeline.stages.common import check_dataset, mark_failed
 from pipeline.stages.search import resolve_target
 from pipeline.tracking import Tracker, log_figure, log_json
+
+
+REPLAY_ARTIFACT = "replay.json"  # in the package stage's MLflow run: what `vitforge rebuild` replays
+WEIGHTS_TAG = "sha256.weights_tensors"  # the fine-tuned weights' tensor digest (pipeline.weights.weights_sha256)
+
+
+def tensor_digest(path: Path) -> str:
+    from pipeline.weights import load_weights, weights_sha256
+
+    return weights_sha256(load_weights(path)[0])
 
 
 @dataclass
@@ -53,12 +63,13 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
                 tags: dict[str, str] | None = None, allow_dirty: bool = False) -> PackageStageResult:
     """``allow_dirty``: register even when ``root`` is not in a git checkout (the version records why it has
     no git SHA); otherwise that raises ProvenanceError here, before the build."""
-    git = git_provenance(root, allow_dirty=allow_dirty)
+    git = git_provenance(root, allow_dirty=allow_dirty, besides=(paths(root, params).dataset_pointer(),))
     target, _ = resolve_target(root, params, target_name)
     check_dataset(dataset)  # the folder still holds the version it claims
     out_dir = paths(root, params).package_dir(target.name)
     model_name = params["registry"]["model_name"]
-    with tracker.run("package", {"dataset_version": dataset["version"], "target": target.name, **(tags or {})}) as run:
+    with replay.recording("package") as journal, \
+            tracker.run("package", {"dataset_version": dataset["version"], "target": target.name, **(tags or {})}) as run:
         import mlflow
 
         data_dir = Path(dataset["tracked_dir"])
@@ -93,13 +104,20 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
         log_json(lat.to_dict(), "latency_report.json")
         log_json(par.to_dict(), "parity_report.json")
         log_json([g.to_dict() for g in gates], "gates.json")
+        upstream = replay.read_sidecar(Path(model["weights"]))  # what the chain decided by the clock: for rebuilds
+        chain = None if upstream is None else {**replay.chain(upstream, journal),
+                                                "weights_sha256": upstream["weights_sha256"]}
+        if chain is not None:
+            log_json(chain, REPLAY_ARTIFACT)
         version = None
         if all(g.passed for g in gates):
             mape = architecture.get("latency_mape") if architecture else None
             version = register_package(pkg, model_name, version_tags(
                 pkg, dataset_version=dataset["version"], git_sha=git.sha, git_dirty=git.dirty,
                 dagster_run_id=(tags or {}).get("dagster_run_id", ""), params=params,
-                test_top1=par.engine_test_top1, latency_mape=mape))
+                test_top1=par.engine_test_top1, latency_mape=mape) | {
+                    WEIGHTS_TAG: chain["weights_sha256"] if chain else tensor_digest(Path(model["weights"])),
+                    "replay": REPLAY_ARTIFACT if chain else "none: the fine-tuned weights had no replay record"})
         mlflow.set_tag("registered_version", version or "none: a gate failed")
         run_id = run.info.run_id
     result = PackageStageResult(target.name, pkg.to_dict(), [g.to_dict() for g in gates], model_name, version,

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipeline import plots
+from pipeline import plots, replay
 from pipeline.nas.space_fit import resolve_space
 from pipeline.paths import paths
 from pipeline.ssl.train import pretrain
@@ -58,7 +58,8 @@ def run_pretrain(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
     p = params["pretrain"]
     out_dir = paths(root, params).pretrain_dir()
     check_dataset(dataset)
-    with tracker.run("pretrain", {"dataset_version": dataset["version"], **(tags or {})}) as run:
+    with replay.recording("pretrain") as journal, \
+            tracker.run("pretrain", {"dataset_version": dataset["version"], **(tags or {})}) as run:
         import mlflow
 
         fit = resolve_space(params, root, Path(dataset["tracked_dir"]))
@@ -68,7 +69,9 @@ def run_pretrain(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
         if fit.fastest_ms is not None:
             mlflow.log_metrics({"space.fastest_ms": fit.fastest_ms, "space.largest_ms": fit.largest_ms})
         res = pretrain(Path(dataset["tracked_dir"]), out_dir, params, resume=resume,
-                       meta=provenance(dataset, tags), overrides=overrides)
+                       meta=provenance(dataset, tags), overrides=replay.steps_override("pretrain", overrides))
+        replay.record_steps("pretrain", res.train.totals)
+        replay.write_sidecar(res.weights, replay.chain(None, journal))
         log_history(res.train.history)
         mlflow.log_metrics({"final_loss": res.train.history[-1], "images_per_s": res.train.images_per_s,
                             "train_seconds": res.train.seconds})

@@ -9,11 +9,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import plots
+from pipeline import plots, replay
 from pipeline.data.tensors import load_split, normalize
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
-from pipeline.nas.latency_model import ROBUST_KEYS, load_or_fit, measure_arch
+from pipeline.nas.latency_model import ROBUST_KEYS, LatencyModel, load_or_fit, measure_arch
 from pipeline.nas.search import SearchSettings, choose, evolutionary_search, within_noise
 from pipeline.nas.supernet_train import evaluate, load_supernet
 from pipeline.params import resolve
@@ -58,6 +58,7 @@ class SearchStageResult:
     mlflow_run_id: str
     pareto_uri: str
     latency_scatter_uri: str
+    replay: dict[str, Any]  # the chain's clock-dependent decisions so far (pipeline/replay.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +101,20 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
                time_budget_s: float | None = None) -> SearchStageResult:
     """``time_budget_s`` bounds the whole stage: what the latency model and the evolution leave of it is
     shared by the brief fine-tunes of the top candidates (else ``search.rerank_steps`` each)."""
+    with replay.recording("search") as journal:
+        result = _search(root, params, tracker, dataset, supernet_weights, target_name, tags, time_budget_s)
+        result.replay = replay.chain(replay.read_sidecar(Path(supernet_weights)), journal)
+    out = paths(root, params).search_result(result.target)
+    if result.passed:
+        write_result(out, result.to_dict())
+    else:  # nothing downstream may take this arch, nor an older one for this target
+        mark_failed(result.mlflow_run_id, result.failed_gates)
+        out.unlink(missing_ok=True)
+    return result
+
+
+def _search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[str, Any], supernet_weights: str,
+            target_name: str, tags: dict[str, str] | None, time_budget_s: float | None) -> SearchStageResult:
     started = time.perf_counter()
     target, target_path = resolve_target(root, params, target_name)
     check_dataset(dataset)  # the folder still holds the version it claims
@@ -109,10 +124,17 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
     space = net.space
 
     robust = {k: lp[k] for k in ROBUST_KEYS}  # the project's params, not the package's defaults
-    latency = load_or_fit(paths(root, params).latency_model(target.name), space, target, target_path,
-                          n_fit=lp["n_fit"], n_holdout=lp["n_holdout"], warmup=lp["warmup"], runs=lp["runs"],
-                          seed=params["seed"], mean=mean, std=std, max_mape=lp["max_mape"], confirm=lp["confirm"],
-                          **robust)
+    model_path = paths(root, params).latency_model(target.name)
+
+    def replayed_model(d: dict[str, Any]) -> LatencyModel:  # under a rebuild: the version's own, not re-timed
+        model = LatencyModel.from_dict(d)
+        model.save(model_path)
+        return model
+
+    latency = replay.decide(f"latency_model:{target.name}", lambda: load_or_fit(
+        model_path, space, target, target_path, n_fit=lp["n_fit"], n_holdout=lp["n_holdout"], warmup=lp["warmup"],
+        runs=lp["runs"], seed=params["seed"], mean=mean, std=std, max_mape=lp["max_mape"], confirm=lp["confirm"],
+        **robust), encode=asdict, decode=replayed_model)
     images, y_val = load_split(Path(dataset["tracked_dir"]), "val", space.largest().img_size)
     x_val = normalize(images, mean, std)
 
@@ -145,7 +167,9 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
             overrides = {"time_budget_s": max(left, 0.0) / n}
         with tempfile.TemporaryDirectory(prefix="vitforge-rerank-") as tmp:
             res = finetune(Path(dataset["tracked_dir"]), Path(tmp), params, Path(supernet_weights), arch,
-                           overrides=overrides, train_on_val=False)
+                           overrides=replay.steps_override(f"rerank:{arch.short()}", overrides),
+                           train_on_val=False)
+        replay.record_steps(f"rerank:{arch.short()}", res.train.totals)
         if not rerank_steps:
             rerank_steps.append(res.train.steps)
         return res.val.top1
@@ -201,12 +225,6 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
         latency.mape, latency.max_error, latency.noise, latency.passed, latency.verdict, largest.to_dict(),
         largest_top1, largest_ms, len(evaluated), fr, tried,
         str(paths(root, params).latency_model(target.name)), supernet_weights, dataset["version"], run_id,
-        pareto_uri, scatter_uri)
-    out = paths(root, params).search_result(target.name)
-    if result.passed:
-        write_result(out, result.to_dict())
-    else:  # nothing downstream may take this arch, nor an older one for this target
-        mark_failed(run_id, result.failed_gates)
-        out.unlink(missing_ok=True)
+        pareto_uri, scatter_uri, {})
     return result
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import plots
+from pipeline import plots, replay
 from pipeline.errors import MissingStageError, ParamsError
 from pipeline.nas.space_fit import resolve_space
 from pipeline.nas.supernet_train import read_weights, train_supernet
@@ -63,7 +63,8 @@ def run_supernet(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
     out_dir = paths(root, params).supernet_dir()
     start = backbone_to_start_from(root, params, backbone)
     check_dataset(dataset)
-    with tracker.run("supernet", {"dataset_version": dataset["version"], **(tags or {})}) as run:
+    with replay.recording("supernet") as journal, \
+            tracker.run("supernet", {"dataset_version": dataset["version"], **(tags or {})}) as run:
         import mlflow
 
         upstream = read_weights(start, "MAE backbone")[1].get("space") if start else None
@@ -71,7 +72,9 @@ def run_supernet(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
         mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"}
                           | {"backbone": str(start) if start else "random init", "space": params["space"]})
         res = train_supernet(Path(dataset["tracked_dir"]), out_dir, params, backbone=start, resume=resume,
-                             meta=provenance(dataset, tags), overrides=overrides)
+                             meta=provenance(dataset, tags), overrides=replay.steps_override("supernet", overrides))
+        replay.record_steps("supernet", res.train.totals)
+        replay.write_sidecar(res.weights, replay.chain(replay.read_sidecar(start), journal))
         log_history(res.train.history)
         mlflow.log_metrics({f"val_top1.{name}": acc for name, acc in res.val_top1.items()})
         mlflow.log_metric("images_per_s", res.train.images_per_s)

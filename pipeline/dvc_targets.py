@@ -1,0 +1,47 @@
+"""The targets ``dvc.yaml`` builds, kept in ``infra/dvc-targets.yaml`` (its ``vars:``).
+
+DVC cannot list a folder, so the list is a file: every target in ``targets_dir`` that any CPU host can
+measure (ONNX Runtime). ``vitforge targets sync`` rewrites it from the target files, and a test holds the
+committed one to them: adding a target file and syncing adds its search, finetune and package stages.
+TensorRT targets are proven on their own device (``vitforge stage ... --target``, or its Dagster partition),
+so a ``dvc repro`` on a machine without that device does not fail on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.params import resolve
+from pipeline.targets import list_targets, load_target
+
+INDEX = Path("infra") / "dvc-targets.yaml"
+KEY = "dvc_targets"
+HEADER = ("# Written by `vitforge targets sync` from the target files (pipeline/dvc_targets.py): the targets\n"
+          "# dvc.yaml builds, those any CPU host measures. Do not edit; add a file to infra/targets/ and sync.\n")
+
+
+def dvc_targets(root: Path, params: dict[str, Any]) -> list[str]:
+    names = []
+    for name, path in sorted(list_targets(resolve(params["targets_dir"], root)).items()):
+        if load_target(path).runtime == "onnxruntime":  # a bad target file is a TargetError naming it
+            names.append(name)
+    return names
+
+
+def render(names: list[str]) -> str:
+    return HEADER + yaml.safe_dump({KEY: names}, sort_keys=False)
+
+
+def sync_index(root: Path, params: dict[str, Any]) -> tuple[list[str], bool]:
+    """Write the index from the target files; returns the names and whether the file changed."""
+    names = dvc_targets(root, params)
+    path = root / INDEX
+    text = render(names)
+    changed = not path.is_file() or path.read_text() != text
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return names, changed
