@@ -139,5 +139,6 @@ def add_serve_commands(sub, targets_sub) -> None:
     p.add_argument("--dagster-port", type=int, default=3000)
     p.add_argument("--mlflow-port", type=int, default=None, help="default: the port of params.yaml mlflow.ui_url")
     p.set_defaults(func=cmd_serve)
-    p = targets_sub.add_parser("sync", help="make the Dagster target partitions and dvc.yaml's target list match the target files")
+    p = targets_sub.add_parser("sync", help="make the Dagster target partitions and dvc.yaml's target list "
+                                            "match the target files")
     p.set_defaults(func=cmd_targets_sync)

@@ -107,7 +107,6 @@ def _download_replay(run_id: str, dest: Path) -> Path:
     from mlflow.exceptions import MlflowException
 
     import mlflow
-
     from pipeline.stages.package import REPLAY_ARTIFACT
 
     try:
@@ -153,12 +152,11 @@ def _run_stage(argv: list[str], cwd: Path, env: dict[str, str]) -> int:
 
 
 def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = False) -> RebuildResult:
+    import mlflow
     from pipeline.registry.mlflow_registry import params_hash
     from pipeline.stages.package import WEIGHTS_TAG, tensor_digest
     from pipeline.tracking import ENV_EXPERIMENT, ENV_TRACKING_URI, Tracker
     from pipeline.weights import sha256_file
-
-    import mlflow
 
     started = time.perf_counter()
     params = load_params(root)
@@ -196,8 +194,8 @@ def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = F
             raise RebuildError(f"params.yaml at commit {sha[:12]} hashes to {params_hash(wt_params)}, but version "
                                f"{mv.version} records params_hash {tags['params_hash']}: it was built with params "
                                "that are in no commit")
-        print(f"rebuilding {model} version {mv.version} ({target}) from commit {sha[:12]}, dataset {tags['dataset_version']}"
-              f", in {wt}", flush=True)
+        print(f"rebuilding {model} version {mv.version} ({target}) from commit {sha[:12]}, dataset "
+              f"{tags['dataset_version']}, in {wt}", flush=True)
         _restore_dataset(root, params, wt_root, wt_params, tags["dataset_version"])
         env = {k: v for k, v in os.environ.items() if k not in ("VITFORGE_ROOT", "VITFORGE_MLFLOW_UI_URL")}
         env.update({"VITFORGE_REPLAY": str(replay_file), ENV_TRACKING_URI: f"sqlite:///{base / 'mlflow.db'}",
@@ -235,7 +233,6 @@ def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = F
 def _log(tracker, result: RebuildResult) -> None:
     """The proof, as a run of ``<experiment>-rebuild`` in the project's tracking store (not its registry)."""
     import mlflow
-
     from pipeline.tracking import Tracker, log_json
 
     own = Tracker(tracker.tracking_uri, tracker.experiment + REBUILD_EXPERIMENT_SUFFIX, tracker.artifact_root)

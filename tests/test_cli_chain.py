@@ -92,7 +92,7 @@ def test_run_splits_its_time_budget_and_ends_registered(tmp_path, digits_dir, di
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tiny_project / 'mlflow' / 'mlflow.db'}")
-    assert [v.version for v in client.search_model_versions("name='vitforge-digits'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name='vitforge-digits'")] == ["1"]
     exp = client.get_experiment_by_name("vitforge-rebuild")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.metrics["matched"] == 1.0 and run.data.tags["version"] == "1"

@@ -32,11 +32,11 @@ import numpy as np
 from scipy.optimize import nnls
 from tqdm import tqdm
 
+from pipeline import replay
 from pipeline.errors import ParamsError
 from pipeline.export.onnx import INPUT_NAME, export_onnx
 from pipeline.export.quantize import quantize_int8
 from pipeline.models.supernet import Arch, SearchSpace, arch_flops, arch_params, build_vit, num_tokens
-from pipeline import replay
 from pipeline.targets.latency import RobustTiming, RoundsReport, robust_stat, time_rounds
 from pipeline.targets.runners import cpu_model, make_runner
 from pipeline.targets.schema import Target, board_model, cuda_device_name, target_file_sha256, tensorrt_version

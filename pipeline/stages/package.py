@@ -25,7 +25,6 @@ from pipeline.stages.common import check_dataset, mark_failed
 from pipeline.stages.search import resolve_target
 from pipeline.tracking import Tracker, log_figure, log_json
 
-
 REPLAY_ARTIFACT = "replay.json"  # in the package stage's MLflow run: what `vitforge rebuild` replays
 WEIGHTS_TAG = "sha256.weights_tensors"  # the fine-tuned weights' tensor digest (pipeline.weights.weights_sha256)
 
@@ -68,8 +67,8 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
     check_dataset(dataset)  # the folder still holds the version it claims
     out_dir = paths(root, params).package_dir(target.name)
     model_name = params["registry"]["model_name"]
-    with replay.recording("package") as journal, \
-            tracker.run("package", {"dataset_version": dataset["version"], "target": target.name, **(tags or {})}) as run:
+    run_tags = {"dataset_version": dataset["version"], "target": target.name, **(tags or {})}
+    with replay.recording("package") as journal, tracker.run("package", run_tags) as run:
         import mlflow
 
         data_dir = Path(dataset["tracked_dir"])
