@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from conftest import set_params
+from conftest import commit_all, set_params
 from dagster import (
     AssetCheckKey,
     AssetKey,
@@ -23,6 +23,7 @@ from assets.resources import MlflowTracking, ProjectResource
 from assets.schedules import retrain_targets_sensor, weekly_retrain
 from assets.sensors import targets_sensor
 from pipeline.data.fingerprint import content_hash
+from pipeline.data.versioning import open_repo
 from pipeline.params import PACKAGE_ROOT, load_params
 from pipeline.paths import paths
 
@@ -62,6 +63,9 @@ def test_weekly_retrain_ends_in_a_candidate_for_every_target_measurable_here(tin
     (folder / "edge-box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\nthreads: 1\n"
                                           "batch_size: 1\nlatency_budget_ms: 50\n")
     shutil.copy(PACKAGE_ROOT / "infra/targets/orin-trt-fp16.yaml", folder)
+    ds = load_params(tiny_project)["dataset"]
+    open_repo(tiny_project, ds["dvc_remote_name"], tiny_project / ds["dvc_remote_url"])  # .dvc/ with its remote
+    commit_all(tiny_project, "tiny config, targets, DVC")  # the version then records a clean commit
     proj = ProjectResource(root=str(tiny_project))
     resources = {"project": proj, "mlflow": MlflowTracking(project=proj),
                  "io_manager": FilesystemIOManager(base_dir=str(tiny_project / ".dagster"))}
@@ -96,6 +100,20 @@ def test_weekly_retrain_ends_in_a_candidate_for_every_target_measurable_here(tin
         assert json.loads(p.package_result("edge-box").read_text())["registered_version"] == "1"
         assert all(checks[name] for name in ("check_edge_package_parity", "check_edge_package_latency_budget",
                                              "check_edge_package_accuracy_vs_champion"))
+        assert all(checks.values()), checks  # every check of every asset of the chain passed
+        # the candidate carries every tag a rebuild, the registry's readers and the fleet need
+        version = mlflow.MlflowClient().get_model_version("vitforge-digits", "1")
+        tags = version.tags
+        for key in ("target", "arch", "dataset_version", "git_sha", "git_dirty", "dagster_run_id", "params_hash",
+                    "latency_p50_ms", "latency_p99_ms", "latency_how", "parity_max_abs_diff",
+                    "parity_top1_agreement", "test_top1", "precision", "latency_model_mape", "sha256.model.onnx",
+                    "sha256.label_map.json", "sha256.weights.safetensors", "sha256.package.json",
+                    "sha256.weights_tensors", "replay"):
+            assert tags.get(key), key
+        assert tags["target"] == "edge-box" and tags["dagster_run_id"] == result.run_id
+        assert tags["dataset_version"] == retrain.output_for_node("dataset")["version"]
+        assert tags["git_dirty"] == "false"
+        assert json.loads(tags["arch"]) == arch["arch"]
 
         # a blocking check that fails stops the assets downstream of it: no model, no package, no registration
         (folder / "tight.yaml").write_text((folder / "edge-box.yaml").read_text())
