@@ -46,10 +46,10 @@ def test_dvc_targets_file_is_current_with_the_target_files(tmp_path):
     `vitforge targets sync` must add a new one."""
     import shutil
 
-    from pipeline.dvc_targets import INDEX, KEY, dvc_targets, render, sync_index
+    from pipeline.dvc_targets import INDEX, KEY, render, sync_index
 
     params = load_params(PACKAGE_ROOT)
-    assert (PACKAGE_ROOT / INDEX).read_text() == render(dvc_targets(PACKAGE_ROOT, params)), \
+    assert (PACKAGE_ROOT / INDEX).read_text() == render(PACKAGE_ROOT, params), \
         "infra/dvc-targets.yaml is stale: run `vitforge targets sync`"
     stages = yaml.safe_load((PACKAGE_ROOT / "dvc.yaml").read_text())
     assert str(INDEX) in stages["vars"]
