@@ -1,20 +1,26 @@
-"""Every CLI stage, one after another as dvc.yaml runs them, on a COCO set made from the real digit scans."""
+"""Every CLI stage as `dvc repro` runs them, on a fresh clone and a COCO set made from the real digit scans:
+the chain runs, then nothing; a changed param re-runs only what depends on it; a new target file (and
+`vitforge targets sync`) adds its stages."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from conftest import set_params
+from conftest import TINY, clone_code, clone_env, commit_all, set_params
 from PIL import Image
 
 import mlflow
-from pipeline.cli import main
 from pipeline.params import load_params
 from pipeline.paths import paths
 from pipeline.tracking import Tracker
+
+BOX = "runtime: onnxruntime\ndevice: cpu\nprecision: fp32\nthreads: 1\nbatch_size: 1\nlatency_budget_ms: 50\n"
 
 
 def digits_coco(root: Path, per_class: int = 20) -> Path:
@@ -39,31 +45,49 @@ def digits_coco(root: Path, per_class: int = 20) -> Path:
     return root
 
 
-def vitforge(capsys, root: Path, *args: str) -> str:
-    """One `vitforge` command, in this process (the console script's main), its output."""
-    rc = main(["--root", str(root), *args])
-    out, err = capsys.readouterr()
-    assert rc == 0, f"vitforge {' '.join(args)}: {err[-3000:]}"
-    return out
+def test_dvc_repro_runs_every_stage_then_nothing_then_what_a_param_touches(tmp_path):
+    clone = clone_code(tmp_path / "clone")  # a fresh clone: no dataset version yet
+    assert not (clone / "data" / "dataset.dvc").exists()
+    env = clone_env(clone)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])  # `vitforge` of this venv
 
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(argv), cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (argv, proc.stdout[-3000:], proc.stderr[-3000:])
+        return proc
 
-def test_each_stage_from_the_cli_on_a_coco_set_ends_registered(tiny_project, tmp_path, capsys):
-    set_params(tiny_project, targets_dir="targets")
-    (tiny_project / "targets").mkdir()
-    (tiny_project / "targets" / "box.yaml").write_text("runtime: onnxruntime\ndevice: cpu\nprecision: fp32\n"
-                                                       "threads: 1\nbatch_size: 1\nlatency_budget_ms: 50\n")
+    def status() -> set[str]:
+        return set(json.loads(run("dvc", "status", "--json").stdout or "{}"))
+
     coco = digits_coco(tmp_path / "coco")
-    out = vitforge(capsys, tiny_project, "stage", "dataset", "--data", str(coco), "--format", "coco")
-    assert "200 images, 10 classes, format coco" in out
-    vitforge(capsys, tiny_project, "stage", "pretrain")
-    vitforge(capsys, tiny_project, "stage", "supernet")
-    search = vitforge(capsys, tiny_project, "stage", "search", "--target", "box")
-    assert "target box: budget 50 ms" in search
-    vitforge(capsys, tiny_project, "stage", "finetune", "--target", "box")
-    out = vitforge(capsys, tiny_project, "stage", "package", "--target", "box")
-    assert "registered vitforge-digits version 1 as candidate-box" in out
+    set_params(clone, **TINY, targets_dir="targets", dataset__data=str(coco), dataset__format="coco")
+    (clone / "targets").mkdir()
+    (clone / "targets" / "box.yaml").write_text(BOX)
+    run(sys.executable, "-m", "pipeline.cli", "targets", "sync")  # dvc.yaml's targets: box
+    commit_all(clone, "tiny config, one target")
 
-    p = paths(tiny_project, load_params(tiny_project))
+    first = run("dvc", "repro").stdout
+    for stage in ("dataset", "pretrain", "supernet", "search@box", "finetune@box", "package@box"):
+        assert f"Running stage '{stage}'" in first, first[-2000:]
+    assert "200 images, 10 classes, format coco" in first
+    assert "target box: budget 50 ms" in first
+    assert "registered vitforge-digits version 1 as candidate-box" in first
+    assert (clone / "data" / "dataset.dvc").is_file()
+
+    second = run("dvc", "repro").stdout
+    assert "Running stage" not in second, second
+    assert status() == set()
+
+    set_params(clone, finetune__lr=1.0e-3)  # the brief fine-tunes of the search and the fine-tune read it
+    assert status() == {"search@box", "finetune@box"}
+    set_params(clone, finetune__lr=TINY["finetune__lr"])
+    assert status() == set()
+
+    (clone / "targets" / "edge-box.yaml").write_text(BOX)  # as loose as box: the space fit's target stays
+    run(sys.executable, "-m", "pipeline.cli", "targets", "sync")
+    assert status() == {"search@edge-box", "finetune@edge-box", "package@edge-box"}
+
+    p = paths(clone, load_params(clone))
     for f in (p.backbone(), p.supernet(), p.search_result("box"), p.finetune_result("box"),
               p.package_result("box"), p.package_dir("box") / "model.onnx"):
         assert f.is_file(), f
@@ -71,7 +95,7 @@ def test_each_stage_from_the_cli_on_a_coco_set_ends_registered(tiny_project, tmp
     # the labels came through: every class of the COCO categories, in the fine-tune and in the package
     assert finetune["classes"] == [f"digit-{d}" for d in range(10)] and 0.0 <= finetune["test_top1"] <= 1.0
     assert json.loads((p.package_dir("box") / "label_map.json").read_text())["0"] == "digit-0"
-    mlflow.set_tracking_uri(Tracker.from_params(p.params, tiny_project).tracking_uri)
+    mlflow.set_tracking_uri(Tracker.from_params(p.params, clone).tracking_uri)
     mv = mlflow.MlflowClient().get_model_version_by_alias("vitforge-digits", "candidate-box")
     assert mv.tags["target"] == "box" and mv.tags["dataset_version"] == finetune["dataset_version"]
 
@@ -81,10 +105,10 @@ def test_each_stage_from_the_cli_on_a_coco_set_ends_registered(tiny_project, tmp
     from assets.partitions import targets_partitions
     from assets.recording import project_instance, storage_dir
 
-    with project_instance(tiny_project) as instance:
+    with project_instance(clone) as instance:
         for asset in ("dataset", "pretrained_backbone", "supernet"):
             assert instance.get_latest_materialization_event(AssetKey(asset)) is not None, asset
-        assert instance.get_dynamic_partitions("targets") == ["box"]
+        assert sorted(instance.get_dynamic_partitions("targets")) == ["box", "edge-box"]  # synced
         for asset in ("architecture", "model", "edge_package"):
             assert instance.get_materialized_partitions(AssetKey(asset)) == {"box"}, asset
         checks = instance.event_log_storage.get_asset_check_execution_history(
@@ -94,7 +118,7 @@ def test_each_stage_from_the_cli_on_a_coco_set_ends_registered(tiny_project, tmp
         meta = instance.get_latest_materialization_event(AssetKey("edge_package")).asset_materialization.metadata
         assert meta["registered_version_page"].value.endswith("/#/models/vitforge-digits/versions/1")
         # the values an asset run downstream reads through the IO manager are the stage's own
-        io = FilesystemIOManager(base_dir=str(storage_dir(tiny_project))).create_io_manager(
+        io = FilesystemIOManager(base_dir=str(storage_dir(clone))).create_io_manager(
             build_init_resource_context())
         supernet = io.load_input(build_input_context(asset_key=AssetKey("supernet")))
         assert Path(supernet["weights"]) == p.supernet()
