@@ -57,8 +57,8 @@ def cmd_stage_dataset(args: argparse.Namespace) -> int:
     tracker = _tracker(args.root, params)
     res = run_dataset(
         args.root, params, tracker,
-        data=args.data or p["data"], fmt=args.format or p["format"],
-        skip_invalid=args.skip_invalid or p["skip_invalid"], unlabeled=getattr(args, "unlabeled", None),
+        data=_data_arg(args.data) or p["data"], fmt=args.format or p["format"],
+        skip_invalid=args.skip_invalid or p["skip_invalid"], unlabeled=_data_arg(getattr(args, "unlabeled", None)),
     )
     from assets.checks import dataset_check
     from assets.dataset import dataset_output
@@ -67,6 +67,9 @@ def cmd_stage_dataset(args: argparse.Namespace) -> int:
     print(f"dataset version {res.version}")
     print(f"{res.num_images} images, {len(res.classes)} classes, format {res.format}")
     print("split   " + "  ".join(f"{s}={n}" for s, n in res.counts.items()))
+    if res.format == "coco":
+        print(f"COCO to classes: an image's label is the category of its largest box; {res.without_box} image(s) "
+              "without a box are versioned but not trained or tested on")
     if res.unlabeled:
         print(f"unlabeled {res.unlabeled} images (MAE pre-training only)")
     if res.native_size:
@@ -77,6 +80,13 @@ def cmd_stage_dataset(args: argparse.Namespace) -> int:
         print(f"skipped {s['path']}: {s['error']}")
     print(f"MLflow run {res.mlflow_run_id}")
     return 0
+
+
+def _data_arg(data: str | None) -> str | None:
+    """``--data`` as the user typed it: a folder from the current directory (params.yaml's, from the root)."""
+    if not data or data.startswith("builtin:"):
+        return data
+    return str(Path(data).resolve())
 
 
 def cmd_stage_pretrain(args: argparse.Namespace) -> int:
@@ -273,8 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.stages.search import resolve_target
 
     resolve_target(args.root, load_params(args.root), args.target)  # an unknown target fails before any work
-    if not args.data.startswith("builtin:"):  # a folder given on the command line is taken from the cwd
-        args.data = str(Path(args.data).resolve())
+    args.data = _data_arg(args.data)  # a folder given on the command line is taken from the cwd
     args.unlabeled = str(Path(args.unlabeled).resolve()) if args.unlabeled else None
     return _run_chain(args)
 
@@ -399,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if not (args.root / "params.yaml").is_file():  # a mistyped --root must not grow a DVC repo and a store
+            from pipeline.errors import ParamsError
+
+            raise ParamsError(f"{args.root}: no params.yaml, so not a vitforge project root (check --root or "
+                              "$VITFORGE_ROOT)")
         return args.func(args)
     except KeyboardInterrupt as err:
         why = f" ({err.args[0]})" if err.args else ""

@@ -281,6 +281,11 @@ def _read_coco(root: Path, skip_invalid: bool, max_pixels: int | None = None) ->
         label = max(anns, key=lambda a: a["bbox"][2] * a["bbox"][3])["category"] if anns else None
         samples.append(Sample(path.relative_to(root).as_posix(), label, w, h, sha, anns))
     classes = [str(c.get("name", c["id"])) for c in categories]
+    used = sorted({s.label for s in samples if s.label is not None})
+    if len(used) < 2:  # as an ImageFolder with one class folder is refused
+        names = ", ".join(classes[i] for i in used) or "none"
+        raise DatasetError(ann_path, f"the images' largest boxes name {len(used)} class(es) ({names}); a classifier "
+                           "needs at least 2 (an image's label is the category of its largest box)")
     return RawDataset(root, "coco", classes, samples, skipped, extra_files=["annotations.json"])
 
 

@@ -44,6 +44,7 @@ class DatasetResult:
     histogram_uri: str
     unlabeled: int  # images under unlabeled/: MAE pre-training only
     native_size: list[int] | None  # [median width, median height] of the labelled images
+    without_box: int = 0  # COCO images with no box: no label, so no part in training or testing
     source_hash: str = ""  # content hash of the source folder (pipeline.data.fingerprint): the data sensor's
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +103,7 @@ def run_dataset(
     manifest = build_manifest(raw, val_fraction(p, len(raw.samples)), p["test_fraction"], raw_unl)
     labelled = manifest.labelled_files()
     n_unlabeled = len(manifest.unlabeled_files())
+    without_box = sum(1 for f in labelled if f["label"] is None)  # COCO images with no box
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = aside(target, "staged")
@@ -127,7 +129,9 @@ def run_dataset(
                            "unlabeled": unlabeled or "", "native_size": str(manifest.native_size)})
         mlflow.log_metrics({"images": len(labelled), "classes": len(manifest.classes),
                             "skipped": len(manifest.skipped), **{f"images_{k}": v for k, v in counts.items()},
-                            f"images_{UNLABELED}": n_unlabeled})
+                            f"images_{UNLABELED}": n_unlabeled, "images_without_box": without_box})
+        if fmt == "coco":
+            mlflow.set_tag("coco_label_rule", "an image's label is the category of its largest box")
         log_json(hist, "class_histogram.json")
         hist_uri = log_figure(plots.class_histogram(hist, f"dataset {version[:8]}"), "class_histogram.png")
         log_file(target / "manifest.json")
@@ -139,4 +143,5 @@ def run_dataset(
                                                               "tracked_dir": paths(root, params).rel(target)})
     return DatasetResult(version, str(target), str(target / "manifest.json"), manifest.format, manifest.classes,
                          counts, hist, len(labelled), manifest.skipped, run_id, hist_uri,
-                         unlabeled=n_unlabeled, native_size=manifest.native_size, source_hash=source_hash)
+                         unlabeled=n_unlabeled, native_size=manifest.native_size, without_box=without_box,
+                         source_hash=source_hash)
