@@ -38,10 +38,14 @@ def project_root() -> Path:
 
 @lru_cache(maxsize=8)
 def _load(path: str) -> dict[str, Any]:
+    from pipeline.params_schema import validate
+
     with open(path, encoding="utf-8") as f:
-        params = yaml.safe_load(f)
-    if not isinstance(params, dict):
-        raise ParamsError(f"{path}: expected a mapping of stage names to parameters")
+        try:
+            params = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    validate(params, path)  # unknown keys, wrong types, missing sections: one line naming the key
     return params
 
 
