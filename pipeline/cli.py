@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from pipeline.errors import InputError, MissingStageError
-from pipeline.params import load_params, project_root
+from pipeline.params import ENV_SET, load_params, parse_sets, project_root
 from pipeline.paths import paths
 
 INPUT_ERRORS: tuple[type[Exception], ...] = (InputError,)  # bad input, told in one line
@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, default=None, help="project root (default: $VITFORGE_ROOT or checkout)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress; show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    sets = argparse.ArgumentParser(add_help=False)
+    sets.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[],
+                      help="override params.yaml for this run (repeatable; validated; recorded in the runs)")
 
     p = sub.add_parser("demo-data", help="write scikit-learn's digits as an ImageFolder of PNGs")
     p.add_argument("dest")
@@ -328,12 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     unlabeled_help = "a folder of images without labels (any tree): versioned with the data, seen only by MAE"
     allow_dirty_help = "register even when the project root is not a git checkout (the version records why)"
     budget_help = "wall clock for the training stages, e.g. 10m (split by params.yaml budget.shares)"
-    p = sub.add_parser("demo", help="run the whole chain on the packaged digits")
+    p = sub.add_parser("demo", parents=[sets], help="run the whole chain on the packaged digits")
     p.add_argument("--time-budget", metavar="DURATION", help=budget_help + " (default: params.yaml demo.time_budget)")
     p.add_argument("--allow-dirty", action="store_true", help=allow_dirty_help)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="run the whole chain on a dataset for one target")
+    p = sub.add_parser("run", parents=[sets], help="run the whole chain on a dataset for one target")
     p.add_argument("--data", required=True, help="an ImageFolder tree or a COCO set")
     p.add_argument("--format", choices=["imagefolder", "coco"])
     p.add_argument("--skip-invalid", action="store_true", help="drop bad files instead of failing, listing each")
@@ -346,30 +349,30 @@ def build_parser() -> argparse.ArgumentParser:
     stage_budget = "wall clock for this stage, e.g. 90s or 5m (steps are fitted to it; default: the epochs)"
     stage = sub.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
     stages = stage.add_subparsers(dest="stage", required=True)
-    p = stages.add_parser("dataset", help="validate, split and version a dataset")
+    p = stages.add_parser("dataset", parents=[sets], help="validate, split and version a dataset")
     p.add_argument("--data", help="dataset folder or builtin:digits (default from params.yaml)")
     p.add_argument("--format", choices=["imagefolder", "coco"])
     p.add_argument("--skip-invalid", action="store_true", help="drop bad files instead of failing, listing each")
     p.add_argument("--unlabeled", metavar="DIR", help=unlabeled_help)
     p.set_defaults(func=cmd_stage_dataset)
-    p = stages.add_parser("pretrain", help="MAE pre-training of the largest ViT")
+    p = stages.add_parser("pretrain", parents=[sets], help="MAE pre-training of the largest ViT")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--time-budget", dest="time_budget_s", type=_seconds, help=stage_budget)
     p.set_defaults(func=cmd_stage_pretrain)
-    p = stages.add_parser("supernet", help="weight-sharing supernet training from the MAE weights")
+    p = stages.add_parser("supernet", parents=[sets], help="weight-sharing supernet training from the MAE weights")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--time-budget", dest="time_budget_s", type=_seconds, help=stage_budget)
     p.set_defaults(func=cmd_stage_supernet)
-    p = stages.add_parser("search", help="latency model + hardware-aware search for one target")
+    p = stages.add_parser("search", parents=[sets], help="latency model + hardware-aware search for one target")
     p.add_argument("--target", required=True, help="a file name (without .yaml) in infra/targets/")
     p.add_argument("--time-budget", dest="time_budget_s", type=_seconds, help=stage_budget)
     p.set_defaults(func=cmd_stage_search)
-    p = stages.add_parser("finetune", help="fine-tune the arch the search chose for a target")
+    p = stages.add_parser("finetune", parents=[sets], help="fine-tune the arch the search chose for a target")
     p.add_argument("--target", required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--time-budget", dest="time_budget_s", type=_seconds, help=stage_budget)
     p.set_defaults(func=cmd_stage_finetune)
-    p = stages.add_parser("package", help="export, check parity and latency on the target, register")
+    p = stages.add_parser("package", parents=[sets], help="export, check parity and latency on the target, register")
     p.add_argument("--target", required=True)
     p.add_argument("--allow-dirty", action="store_true", help=allow_dirty_help)
     p.set_defaults(func=cmd_stage_package)
@@ -407,7 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     from dvc.exceptions import DvcException
 
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_set = os.environ.get(ENV_SET)
     try:
+        if getattr(args, "set", None):  # for this command and every process it starts (torchrun workers, dvc)
+            import json
+
+            os.environ[ENV_SET] = json.dumps(parse_sets(args.set))
+            load_params(args.root)  # validated now: a bad --set is one line before any work
         if not (args.root / "params.yaml").is_file():  # a mistyped --root must not grow a DVC repo and a store
             from pipeline.errors import ParamsError
 
@@ -427,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_set is None:
+            os.environ.pop(ENV_SET, None)
+        else:
+            os.environ[ENV_SET] = previous_set
 
 
 if __name__ == "__main__":

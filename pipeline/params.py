@@ -49,12 +49,56 @@ def _load(path: str) -> dict[str, Any]:
     return params
 
 
+ENV_SET = "VITFORGE_SET"  # JSON {"section.key": value}: the CLI's `--set` overrides, for it and its children
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["section.key=value", ...]`` (values in YAML syntax) -> ``{"section.key": value}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or "." not in key and key not in ("seed", "targets_dir", "fleets_dir"):
+            raise ParamsError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. finetune.epochs=20")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ParamsError(f"--set {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def overrides() -> dict[str, Any]:
+    """The ``--set`` overrides in force (``$VITFORGE_SET``)."""
+    import json
+
+    return json.loads(os.environ.get(ENV_SET) or "{}")
+
+
+def apply_overrides(params: dict[str, Any], sets: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of ``params`` with ``{"section.key": value}`` applied, validated by the schema."""
+    import copy
+
+    from pipeline.params_schema import validate
+
+    out = copy.deepcopy(params)
+    for dotted, value in sets.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else {}
+        node[leaf] = value
+    validate(out, f"{source} with --set {', '.join(sets)}")
+    return out
+
+
 def load_params(root: Path | None = None) -> dict[str, Any]:
-    """params.yaml of ``root`` (default: the project root), falling back to the packaged defaults."""
+    """params.yaml of ``root`` (default: the project root), falling back to the packaged defaults; with the
+    CLI's ``--set`` overrides applied (validated by the same schema)."""
     path = (root or project_root()) / "params.yaml"
     if not path.exists():
         path = PACKAGE_ROOT / "params.yaml"
-    return _load(str(path))
+    params = _load(str(path))
+    sets = overrides()
+    return apply_overrides(params, sets, str(path)) if sets else params
 
 
 def section(name: str, root: Path | None = None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError
-from pipeline.params import load_params
+from pipeline.params import ENV_SET, apply_overrides, load_params
 from pipeline.paths import paths
 
 REBUILD_EXPERIMENT_SUFFIX = "-rebuild"
@@ -189,7 +189,8 @@ def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = F
         wt_root = wt / root.resolve().relative_to(top)
         if not (wt_root / "params.yaml").is_file():
             raise RebuildError(f"commit {sha[:12]} has no params.yaml at {wt_root.relative_to(wt)}")
-        wt_params = load_params(wt_root)
+        sets = json.loads(tags.get("params_set") or "{}")  # the `--set` overrides the version was built with
+        wt_params = apply_overrides(load_params(wt_root), sets, "params.yaml") if sets else load_params(wt_root)
         if params_hash(wt_params) != tags["params_hash"]:
             raise RebuildError(f"params.yaml at commit {sha[:12]} hashes to {params_hash(wt_params)}, but version "
                                f"{mv.version} records params_hash {tags['params_hash']}: it was built with params "
@@ -197,7 +198,9 @@ def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = F
         print(f"rebuilding {model} version {mv.version} ({target}) from commit {sha[:12]}, dataset "
               f"{tags['dataset_version']}, in {wt}", flush=True)
         _restore_dataset(root, params, wt_root, wt_params, tags["dataset_version"])
-        env = {k: v for k, v in os.environ.items() if k not in ("VITFORGE_ROOT", "VITFORGE_MLFLOW_UI_URL")}
+        env = {k: v for k, v in os.environ.items() if k not in ("VITFORGE_ROOT", "VITFORGE_MLFLOW_UI_URL", ENV_SET)}
+        if sets:
+            env[ENV_SET] = json.dumps(sets)
         env.update({"VITFORGE_REPLAY": str(replay_file), ENV_TRACKING_URI: f"sqlite:///{base / 'mlflow.db'}",
                     ENV_EXPERIMENT: params["mlflow"]["experiment"] + REBUILD_EXPERIMENT_SUFFIX})
         if (wt / "pipeline" / "__init__.py").is_file():  # the project holds the code: that commit's code runs

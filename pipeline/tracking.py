@@ -83,7 +83,11 @@ class Tracker:
         import mlflow
 
         exp_id = self._experiment_id()
-        all_tags = {"vitforge.stage": stage, "git_sha": git_sha(), **(tags or {})}
+        from pipeline.params import overrides
+
+        sets = overrides()  # `--set`: what this run used beside params.yaml
+        all_tags = {"vitforge.stage": stage, "git_sha": git_sha(),
+                    **({"vitforge.params_set": json.dumps(sets, sort_keys=True)} if sets else {}), **(tags or {})}
         run = mlflow.start_run(experiment_id=exp_id, run_name=stage, tags=all_tags)
         log.info("MLflow run %s (%s) in %s", run.info.run_id, stage, self.tracking_uri)
         try:

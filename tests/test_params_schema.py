@@ -3,6 +3,8 @@ naming the key, exit 2, before any stage runs."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -42,3 +44,34 @@ def test_yaml_that_does_not_parse_is_one_line(project, capsys):
     (project / "params.yaml").write_text("pretrain:\n  epochs: [1,\n")
     assert main(["--root", str(project), "targets", "list"]) == 2
     assert capsys.readouterr().err.startswith(f"error: {project / 'params.yaml'}: not valid YAML")
+
+
+def test_set_overrides_a_stage_validated_and_recorded(project, imagefolder, capsys):
+    import os
+
+    import mlflow
+    from pipeline.params import ENV_SET, load_params
+    from pipeline.tracking import Tracker
+
+    assert main(["--root", str(project), "stage", "dataset", "--data", str(imagefolder),
+                 "--set", "dataset.val_fraction=0.25", "--set", "dataset.min_val_images=0"]) == 0
+    out = capsys.readouterr().out
+    assert ENV_SET not in os.environ  # for that command only
+    assert load_params(project)["dataset"]["val_fraction"] == 0.1  # params.yaml itself is untouched
+    run_id = out.split("MLflow run ")[1].split()[0]
+    mlflow.set_tracking_uri(Tracker.from_params(load_params(project), project).tracking_uri)
+    run = mlflow.get_run(run_id)
+    assert run.data.params["val_fraction"] == "0.25"
+    assert json.loads(run.data.tags["vitforge.params_set"]) == {"dataset.min_val_images": 0,
+                                                                "dataset.val_fraction": 0.25}
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("pretrain.epoch=3", "unknown key (did you mean pretrain.epochs?)"),
+    ("pretrain.epochs=ten", "pretrain.epochs: expected a whole number, got 'ten'"),
+    ("epochs", "--set 'epochs': expected SECTION.KEY=VALUE"),
+])
+def test_a_bad_set_is_one_line_and_exit_2(project, capsys, item, message):
+    assert main(["--root", str(project), "stage", "pretrain", "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err

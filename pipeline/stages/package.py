@@ -9,8 +9,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import json
+
 from pipeline import plots, replay
 from pipeline.export.package import build_package
+from pipeline.params import overrides
 from pipeline.paths import paths, write_result
 from pipeline.registry.gates import champion_gate, latency_gate, parity_gate
 from pipeline.registry.mlflow_registry import (
@@ -116,7 +119,8 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
                 dagster_run_id=(tags or {}).get("dagster_run_id", ""), params=params,
                 test_top1=par.engine_test_top1, latency_mape=mape) | {
                     WEIGHTS_TAG: chain["weights_sha256"] if chain else tensor_digest(Path(model["weights"])),
-                    "replay": REPLAY_ARTIFACT if chain else "none: the fine-tuned weights had no replay record"})
+                    "replay": REPLAY_ARTIFACT if chain else "none: the fine-tuned weights had no replay record",
+                    "params_set": json.dumps(overrides(), sort_keys=True)})  # `--set`, for a rebuild to apply
         mlflow.set_tag("registered_version", version or "none: a gate failed")
         run_id = run.info.run_id
     result = PackageStageResult(target.name, pkg.to_dict(), [g.to_dict() for g in gates], model_name, version,
