@@ -5,11 +5,10 @@ before anything is built, unless ``allow_dirty``."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import json
 
 from pipeline import plots, replay
 from pipeline.export.package import build_package
