@@ -388,10 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_commands(sub, tsub)
 
     from pipeline.cli_fleet import add_fleet_commands
+    from pipeline.cli_predict import add_predict_command
     from pipeline.cli_rebuild import add_rebuild_command
 
     add_fleet_commands(sub)
     add_rebuild_command(sub)
+    add_predict_command(sub)
     return parser
 
 

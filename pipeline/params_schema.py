@@ -1,8 +1,8 @@
 """The schema of params.yaml: the packaged file is its own schema, read through pydantic.
 
 Every section and key of the packaged params.yaml must be there, no other, each of the type its default has
-(a whole number where the default is one, a number where it is a float; a key whose default is null or
-``auto`` takes any value, and the stage that reads it checks it). A violation is one ``ParamsError`` naming
+(a whole number where the default is one, a number where it is a float; null, a setting's "off", everywhere;
+a key whose default is null or ``auto`` takes any value, and the stage that reads it checks it). A violation is one ``ParamsError`` naming
 the key, with the nearest known key for a typo.
 """
 
@@ -41,8 +41,8 @@ def _type(default: Any) -> Any:
 def _model(name: str, defaults: dict[str, Any], top: bool = True) -> type[BaseModel]:
     """Sections (mappings at the top) are models of their own; a mapping inside a section (``budget.shares``)
     is one value."""
-    fields = {key: ((_model(key, d, top=False) if top else dict) if isinstance(d, dict) else _type(d), ...)
-              for key, d in defaults.items()}
+    fields = {key: ((_model(key, d, top=False) if top else dict) if isinstance(d, dict) else _type(d) | None, ...)
+              for key, d in defaults.items()}  # null: the "off" of a setting (``ema_decay: null``), never a type error
     return create_model(f"params_{name}", __config__=ConfigDict(extra="forbid"), **fields)
 
 

@@ -234,3 +234,51 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "trt" in item.keywords:
             item.add_marker(skip)
+
+
+DATASET_VERSION = "tiny.dir"
+
+
+@pytest.fixture(scope="session")
+def shipped(tmp_path_factory, digits_dataset):
+    """A tiny project with targets, a trained supernet and a fine-tuned largest arch (~85 % test top-1): for the
+    packaging and registry tests, and for predict (which only reads the weights)."""
+    import re
+
+    from pipeline.finetune.train import finetune
+    from pipeline.models.supernet import SearchSpace
+    from pipeline.nas.supernet_train import train_supernet
+
+    root = make_project(tmp_path_factory.mktemp("ship") / "project")
+    # A model that has learned the digits (~85 % test top-1 in ~10 s): the gates have decisions to protect.
+    params = set_params(root, **TINY, finetune__ema_decay=None, finetune__mixup=0.0, finetune__cutmix=0.0,
+                        finetune__mix_prob=0.0, finetune__rand_augment=None, finetune__random_erasing=0.0,
+                        finetune__layer_decay=None, finetune__label_smoothing=0.0, finetune__drop_path=0.0,
+                        # 187 test images: 0.01 is under two of them, too fine for a 5k-parameter model's int8
+                        export__int8_max_top1_drop=0.03, export__int8_min_agreement=0.95)
+    targets = root / "infra" / "targets"
+    targets.mkdir(parents=True)
+    for name in ("cpu-ort-fp32", "cpu-ort-int8"):
+        text = (PACKAGE_ROOT / "infra" / "targets" / f"{name}.yaml").read_text()
+        (targets / f"{name}.yaml").write_text(re.sub(r"latency_budget_ms: [0-9.]+", "latency_budget_ms: 50", text))
+    sn = train_supernet(digits_dataset, root / "sn", params, backbone=None, overrides={"epochs": 2})
+    arch = SearchSpace.from_params(params["space"]).largest()
+    ft = finetune(digits_dataset, root / "ft", params, sn.weights, arch, overrides={"epochs": 16},
+                  meta={"dataset_version": DATASET_VERSION, "git_sha": "abc", "dagster_run_id": ""})
+    assert ft.test.top1 > 0.6
+    git_commit(root)  # a project as users have it: a git checkout (runs/, mlflow/ are untracked)
+    return root, digits_dataset, ft
+
+
+def git(root: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def git_commit(root: Path) -> str:
+    git(root, "init", "-q")
+    git(root, "add", "params.yaml", "infra")
+    git(root, "commit", "-q", "-m", "project")
+    return git(root, "rev-parse", "HEAD")

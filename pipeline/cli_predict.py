@@ -1,0 +1,54 @@
+"""``vitforge predict IMAGE|DIR ... [--model NAME@ALIAS | --package DIR] [--top-k N] [--csv OUT]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.params import load_params
+    from pipeline.predict import collect, open_package, predict, registered_package, write_csv
+
+    params = load_params(args.root)
+    if args.package:
+        pkg = open_package(args.package.resolve(), str(args.package))
+    else:
+        import mlflow
+        from pipeline.rebuild import parse_ref
+        from pipeline.tracking import Tracker
+
+        mlflow.set_tracking_uri(Tracker.from_params(params, args.root).tracking_uri)
+        ref = args.model or f"{params['registry']['model_name']}@candidate-{params['demo']['target']}"
+        pkg = registered_package(*parse_ref(ref))
+    files = collect([Path(p).resolve() for p in args.images], args.split)
+    preds = predict(pkg, files, top_k=args.top_k)
+    folder_given = any(Path(p).is_dir() for p in args.images)
+    if not folder_given or args.show:
+        for p in preds:
+            shown = "  ".join(f"{label} {prob:.3f}" for label, prob in p.top)
+            print(f"{p.path}  {shown}" + (f"  (truth {p.truth})" if p.truth is not None else ""))
+    if folder_given or args.csv:
+        out = write_csv(preds, (args.csv or Path("predictions.csv")).resolve(), pkg.source)
+        print(f"{len(preds)} predictions written to {out}")
+    known = [p for p in preds if p.truth is not None]
+    if known:
+        right = sum(p.top[0][0] == p.truth for p in known)
+        print(f"top-1 {right / len(known):.4f} ({right}/{len(known)} images with a known label)")
+    print(f"model: {pkg.source} ({pkg.size}x{pkg.size}, {len(pkg.labels)} classes)")
+    return 0
+
+
+def add_predict_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="labels and probabilities for images, from a registered or packaged model")
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders (a folder: a CSV; a "
+                   "dataset version or ImageFolder tree gives the true labels, and the top-1 is printed)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", metavar="NAME@ALIAS", help="a registered version or alias (default: "
+                     "<registry.model_name>@candidate-<demo.target>)")
+    src.add_argument("--package", type=Path, metavar="DIR", help="an edge package folder (runs/package/<target>)")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--split", choices=["train", "val", "test"], help="of a dataset version folder: only that split")
+    p.add_argument("--csv", type=Path, help="where the CSV goes (default for folders: predictions.csv)")
+    p.add_argument("--show", action="store_true", help="print every prediction even for folders")
+    p.set_defaults(func=cmd_predict)

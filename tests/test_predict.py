@@ -1,0 +1,67 @@
+"""`vitforge predict`: a registered (or packaged) model's labels for images of any size, preprocessed as the
+package states; over the test split of a dataset version it gives the package's own test top-1."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import edge_target
+
+from pipeline.cli import main
+from pipeline.params import load_params
+from pipeline.registry.mlflow_registry import register_package
+from pipeline.tracking import Tracker
+
+
+@pytest.fixture(scope="module")
+def learned(shipped, tmp_path_factory):
+    """An edge package of the shipped model (~85 % test top-1): a model whose labels are worth checking."""
+    from pipeline.export.package import build_package
+
+    root, data, ft = shipped
+    return build_package(ft.weights, data, tmp_path_factory.mktemp("predict") / "pkg", edge_target(50.0),
+                         load_params(root))
+
+
+def test_predict_a_registered_model_on_pngs_of_another_size(project, learned, tmp_path, capsys):
+    from pipeline.data.demo import write_digits
+
+    pkg = learned
+    tracker = Tracker.from_params(load_params(project), project)
+    with tracker.run("package"):
+        version = register_package(pkg, "predict-digits", {"target": pkg.target})
+    scans = tmp_path / "scans"
+    write_digits(scans, image_size=24)  # the package takes 16 px: predict resizes as package.json states
+    out_csv = tmp_path / "p.csv"
+    assert main(["--root", str(project), "predict", str(scans), "--model", f"predict-digits@{version}",
+                 "--top-k", "2", "--csv", str(out_csv)]) == 0
+    out = capsys.readouterr().out
+    assert f"model: predict-digits version {version} (16x16, 10 classes)" in out
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 1797 and rows[0]["model"] == f"predict-digits version {version}"
+    assert all(float(r["probability_1"]) >= float(r["probability_2"]) for r in rows)
+    right = sum(r["label_1"] == r["truth"] for r in rows)  # truth: the class folder each scan sits in
+    assert right / len(rows) > 0.6, right  # a model that learned the digits, at a size it never saw
+    assert f"top-1 {right / len(rows):.4f} ({right}/1797 images with a known label)" in out
+
+    one = next(iter(sorted((scans / "7").iterdir())))  # a single file: one line with label and probability
+    assert main(["--root", str(project), "predict", str(one), "--package", str(pkg.folder)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{one}  ") and float(line.split()[2]) > 0
+
+
+def test_predict_over_a_test_split_reproduces_the_packages_test_top1(project, learned, digits_dataset, capsys):
+    pkg = learned
+    assert main(["--root", str(project), "predict", str(digits_dataset), "--split", "test", "--package",
+                 str(pkg.folder), "--csv", str(project / "test.csv")]) == 0
+    out = capsys.readouterr().out
+    top1 = float(out.split("top-1 ")[1].split()[0])
+    assert abs(top1 - pkg.parity.engine_test_top1) <= 0.005, (top1, pkg.parity.engine_test_top1)
+
+
+def test_an_image_that_does_not_decode_is_one_line(project, learned, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert main(["--root", str(project), "predict", str(bad), "--package", str(learned.folder)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {bad}: cannot be read as an image")
