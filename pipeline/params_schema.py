@@ -2,8 +2,8 @@
 
 Every section and key of the packaged params.yaml must be there, no other, each of the type its default has
 (a whole number where the default is one, a number where it is a float; null, a setting's "off", everywhere;
-a key whose default is null or ``auto`` takes any value, and the stage that reads it checks it). A violation is one ``ParamsError`` naming
-the key, with the nearest known key for a typo.
+a key whose default is null or ``auto`` takes any value, and the stage that reads it checks it). A violation
+is one ``ParamsError`` naming the key, with the nearest known key for a typo.
 """
 
 from __future__ import annotations
