@@ -406,7 +406,6 @@ def main(argv: list[str] | None = None) -> int:
     """Input errors (``pipeline.errors.InputError`` and dvc's) are one line and exit 2; Ctrl-C or SIGTERM is
     one line and exit 130, with the stage's MLflow run marked KILLED; anything else is a bug: traceback, exit 1."""
     args = build_parser().parse_args(argv)
-    args.root = (args.root or project_root()).resolve()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from dvc.exceptions import DvcException
@@ -414,16 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     previous_set = os.environ.get(ENV_SET)
     try:
-        if getattr(args, "set", None):  # for this command and every process it starts (torchrun workers, dvc)
-            import json
-
-            os.environ[ENV_SET] = json.dumps(parse_sets(args.set))
-            load_params(args.root)  # validated now: a bad --set is one line before any work
+        args.root = (args.root or project_root()).resolve()
         if not (args.root / "params.yaml").is_file():  # a mistyped --root must not grow a DVC repo and a store
             from pipeline.errors import ParamsError
 
             raise ParamsError(f"{args.root}: no params.yaml, so not a vitforge project root (check --root or "
                               "$VITFORGE_ROOT)")
+        if getattr(args, "set", None):  # for this command and every process it starts (torchrun workers, dvc)
+            import json
+
+            os.environ[ENV_SET] = json.dumps(parse_sets(args.set))
+            load_params(args.root)  # validated now: a bad --set is one line before any work
         return args.func(args)
     except KeyboardInterrupt as err:
         why = f" ({err.args[0]})" if err.args else ""
