@@ -251,11 +251,14 @@ def shipped(tmp_path_factory, digits_dataset):
 
     root = make_project(tmp_path_factory.mktemp("ship") / "project")
     # A model that has learned the digits (~85 % test top-1 in ~10 s): the gates have decisions to protect.
-    params = set_params(root, **TINY, finetune__ema_decay=None, finetune__mixup=0.0, finetune__cutmix=0.0,
+    params = set_params(root, **{**TINY, "export__parity_images": 64}, finetune__ema_decay=None, finetune__mixup=0.0,
+                        finetune__cutmix=0.0,
                         finetune__mix_prob=0.0, finetune__rand_augment=None, finetune__random_erasing=0.0,
                         finetune__layer_decay=None, finetune__label_smoothing=0.0, finetune__drop_path=0.0,
-                        # 187 test images: 0.01 is under two of them, too fine for a 5k-parameter model's int8
-                        export__int8_max_top1_drop=0.03, export__int8_min_agreement=0.95)
+                        # 187 test images: 0.01 is under two of them, too fine for a 5k-parameter model's int8;
+                        # its top-1 agreement with PyTorch was 0.9375 on 32 images on one CPU (int8 kernels differ
+                        # between CPUs): 64 images and 0.9 (damaged calibration falls to chance, far below)
+                        export__int8_max_top1_drop=0.03, export__int8_min_agreement=0.9)
     targets = root / "infra" / "targets"
     targets.mkdir(parents=True)
     for name in ("cpu-ort-fp32", "cpu-ort-int8"):

@@ -131,7 +131,7 @@ def test_targets_list_measures_the_space_on_each_target(tiny_project):
 
     from conftest import set_params
 
-    set_params(tiny_project, targets_dir="targets", latency__warmup=2, latency__runs=5)
+    set_params(tiny_project, targets_dir="targets", latency__warmup=5, latency__runs=40)  # 0.1 ms apart
     (tiny_project / "targets").mkdir()
     spec = "runtime: onnxruntime\ndevice: cpu\nprecision: fp32\nthreads: 1\nbatch_size: 1\nlatency_budget_ms: {}\n"
     (tiny_project / "targets" / "roomy.yaml").write_text(spec.format(100))

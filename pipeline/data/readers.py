@@ -281,8 +281,19 @@ def _read_coco(root: Path, skip_invalid: bool, max_pixels: int | None = None) ->
         label = max(anns, key=lambda a: a["bbox"][2] * a["bbox"][3])["category"] if anns else None
         samples.append(Sample(path.relative_to(root).as_posix(), label, w, h, sha, anns))
     classes = [str(c.get("name", c["id"])) for c in categories]
-    used = sorted({s.label for s in samples if s.label is not None})
-    if len(used) < 2:  # as an ImageFolder with one class folder is refused
+    # the classes the listed images name (largest box each, before any skipping), as an ImageFolder with one
+    # class folder is refused whatever its files hold
+    largest: dict[Any, dict] = {}
+    for ann in coco["annotations"]:
+        bbox = ann.get("bbox")
+        if ann.get("category_id") not in cat_index or not isinstance(bbox, list) or len(bbox) != 4:
+            continue
+        area = bbox[2] * bbox[3] if all(isinstance(v, int | float) for v in bbox) else 0
+        best = largest.get(ann.get("image_id"))
+        if best is None or area > best["area"]:
+            largest[ann.get("image_id")] = {"area": area, "category": cat_index[ann["category_id"]]}
+    used = sorted({b["category"] for b in largest.values()})
+    if len(used) < 2:
         names = ", ".join(classes[i] for i in used) or "none"
         raise DatasetError(ann_path, f"the images' largest boxes name {len(used)} class(es) ({names}); a classifier "
                            "needs at least 2 (an image's label is the category of its largest box)")
