@@ -9,7 +9,8 @@ from pathlib import Path
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from pipeline.rebuild import rebuild
 
-    res = rebuild(args.root, args.ref, workdir=args.workdir, keep=args.keep)
+    res = rebuild(args.root, args.ref, workdir=args.workdir, keep=args.keep,
+                  echo=lambda line: print(line, flush=True))
     print(f"\n== rebuild of {res.model} version {res.version} ({res.target}), commit {res.git_sha[:12]}, "
           f"dataset {res.dataset_version}: {res.seconds:.0f} s")
     print(res.table())

@@ -18,12 +18,14 @@ Any mismatch is exit 1: determinism is proven, not assumed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from typing import Any
 from pipeline.errors import InputError
 from pipeline.params import ENV_SET, apply_overrides, load_params
 from pipeline.paths import paths
+
+log = logging.getLogger(__name__)
 
 REBUILD_EXPERIMENT_SUFFIX = "-rebuild"
 STAGES = ("pretrain", "supernet", "search", "finetune", "package")
@@ -145,13 +149,15 @@ def _restore_dataset(src_root: Path, src_params: dict, wt_root: Path, wt_params:
         raise RebuildError(f"{pointer}: restored version {got}, expected {version}")
 
 
-def _run_stage(argv: list[str], cwd: Path, env: dict[str, str]) -> int:
-    print(f"== {' '.join(argv)}", flush=True)
+def _run_stage(argv: list[str], cwd: Path, env: dict[str, str], echo: Callable[[str], None]) -> int:
+    echo(f"== {' '.join(argv)}")
     return subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(cwd), *argv], cwd=cwd, env=env,
                           check=False).returncode
 
 
-def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = False) -> RebuildResult:
+def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = False,
+            echo: Callable[[str], None] = log.info) -> RebuildResult:
+    """``echo``: where progress lines go (the CLI prints them; the stages' own output is their stdout)."""
     import mlflow
     from pipeline.registry.mlflow_registry import params_hash
     from pipeline.stages.package import WEIGHTS_TAG, tensor_digest
@@ -195,8 +201,8 @@ def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = F
             raise RebuildError(f"params.yaml at commit {sha[:12]} hashes to {params_hash(wt_params)}, but version "
                                f"{mv.version} records params_hash {tags['params_hash']}: it was built with params "
                                "that are in no commit")
-        print(f"rebuilding {model} version {mv.version} ({target}) from commit {sha[:12]}, dataset "
-              f"{tags['dataset_version']}, in {wt}", flush=True)
+        echo(f"rebuilding {model} version {mv.version} ({target}) from commit {sha[:12]}, dataset "
+             f"{tags['dataset_version']}, in {wt}")
         _restore_dataset(root, params, wt_root, wt_params, tags["dataset_version"])
         env = {k: v for k, v in os.environ.items() if k not in ("VITFORGE_ROOT", "VITFORGE_MLFLOW_UI_URL", ENV_SET)}
         if sets:
@@ -206,11 +212,11 @@ def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = F
         if (wt / "pipeline" / "__init__.py").is_file():  # the project holds the code: that commit's code runs
             env["PYTHONPATH"] = os.pathsep.join([str(wt), *filter(None, [env.get("PYTHONPATH")])])
         else:
-            print("note: the project does not hold vitforge's code; the installed vitforge rebuilds it", flush=True)
+            echo("note: the project does not hold vitforge's code; the installed vitforge rebuilds it")
         codes: dict[str, int] = {}
         for stage in STAGES:
             argv = ["stage", stage] + (["--target", target] if stage in ("search", "finetune", "package") else [])
-            codes[stage] = _run_stage(argv, wt_root, env)
+            codes[stage] = _run_stage(argv, wt_root, env, echo)
             if codes[stage] and stage != "package":  # a failed package gate still leaves the files to compare
                 break
         wp = paths(wt_root, wt_params)

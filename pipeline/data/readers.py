@@ -283,7 +283,7 @@ def _read_coco(root: Path, skip_invalid: bool, max_pixels: int | None = None) ->
     classes = [str(c.get("name", c["id"])) for c in categories]
     # the classes the listed images name (largest box each, before any skipping), as an ImageFolder with one
     # class folder is refused whatever its files hold
-    largest: dict[Any, dict] = {}
+    largest: dict[object, dict] = {}
     for ann in coco["annotations"]:
         bbox = ann.get("bbox")
         if ann.get("category_id") not in cat_index or not isinstance(bbox, list) or len(bbox) != 4:
