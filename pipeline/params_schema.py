@@ -82,9 +82,7 @@ def validate(params: Any, source: str = "params.yaml") -> None:
 
 
 def _known(defaults: dict[str, Any], loc: tuple) -> list[str]:
-    node: Any = defaults
-    for part in loc:
-        node = node.get(part, {}) if isinstance(node, dict) else {}
+    node = _lookup(defaults, loc) if loc else defaults
     return list(node) if isinstance(node, dict) else []
 
 
@@ -97,17 +95,10 @@ def _lookup(defaults: dict[str, Any], loc: tuple) -> Any:
     return node
 
 
+# what a default's type asks for, in words (bool before int: a bool is an int)
+_WORDS = ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "a string"),
+          (list, "a list"), (dict, "a mapping"))
+
+
 def _describe(default: Any) -> str:
-    if isinstance(default, bool):
-        return "true or false"
-    if isinstance(default, int):
-        return "a whole number"
-    if isinstance(default, float):
-        return "a number"
-    if isinstance(default, str):
-        return "a string"
-    if isinstance(default, list):
-        return "a list"
-    if isinstance(default, dict):
-        return "a mapping"
-    return "a value"
+    return next((words for kind, words in _WORDS if isinstance(default, kind)), "a value")
