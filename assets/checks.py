@@ -7,19 +7,21 @@ from pathlib import Path
 from dagster import AssetCheckResult, MetadataValue, asset_check
 
 from assets.dataset import dataset as dataset_asset
+from assets.resources import ProjectResource
 from pipeline.data import load_manifest
 from pipeline.data.versioning import read_version
+from pipeline.stages.common import data_dir
 
 
 @asset_check(asset=dataset_asset, blocking=True, description="Every split populated, ≥ 2 classes, files match "
              "their manifest sha256, and the DVC file records this version.")
-def check_dataset_valid(dataset: dict) -> AssetCheckResult:
-    return dataset_check(dataset)
+def check_dataset_valid(dataset: dict, project: ProjectResource) -> AssetCheckResult:
+    return dataset_check(dataset, project.path)
 
 
-def dataset_check(dataset: dict) -> AssetCheckResult:
+def dataset_check(dataset: dict, root: Path) -> AssetCheckResult:
     """The dataset gate on an asset value (also what the CLI records after `vitforge stage dataset`)."""
-    folder = Path(dataset["tracked_dir"])
+    folder = data_dir(dataset, root)
     manifest = load_manifest(folder)
     mismatched = [f["path"] for f in manifest.files
                   if hashlib.sha256((folder / f["path"]).read_bytes()).hexdigest() != f["sha256"]]

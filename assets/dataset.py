@@ -16,6 +16,8 @@ class DatasetConfig(Config):
     format: str | None = Field(default=None, description="imagefolder or coco (default: params.yaml)")
     skip_invalid: bool | None = Field(default=None, description="drop bad files instead of failing")
     unlabeled: str | None = Field(default=None, description="a folder of images without labels, seen only by MAE")
+    resplit: bool | None = Field(default=None, description="split a train/val(/test) folder by hash instead of "
+                                 "keeping its split (default: params.yaml)")
 
 
 @asset(group_name="data", description="Validated, split and DVC-versioned images (ImageFolder or COCO).")
@@ -27,7 +29,7 @@ def dataset(
     p = params["dataset"]
     res = run_dataset(project.path, params, tracker, data=config.data or p["data"], fmt=config.format or p["format"],
                       skip_invalid=p["skip_invalid"] if config.skip_invalid is None else config.skip_invalid,
-                      unlabeled=config.unlabeled,
+                      unlabeled=config.unlabeled, resplit=config.resplit,
                       tags={"dagster_run_id": context.run_id})
     context.log.info(f"dataset version {res.version}: {res.num_images} images, {res.counts}")
     return dataset_output(res, tracker)

@@ -1,8 +1,9 @@
 """The prod IO manager: asset values in the bucket, and with them every file they name under the project root.
 
 Under one pod per run, the run that trains the supernet and the run that searches a target share no disk.
-An asset's value is a dict that names files by absolute path (weights, package folders, the dataset folder),
-so storing the dict alone would hand the next run paths to nothing. ``ProjectFilesIOManager``, on output:
+An asset's value is a dict that names files by path (weights, package folders, the dataset folder; relative
+to the project root, as every stage records them), so storing the dict alone would hand the next run paths to
+nothing. ``ProjectFilesIOManager``, on output:
 
 - uploads every file the value names inside the project root (a folder: every file below it), plus the run
   folder of the stage (checkpoints, result JSONs: ``RUN_FILES``), each once per content (pipeline/storage.py);
@@ -11,8 +12,9 @@ so storing the dict alone would hand the next run paths to nothing. ``ProjectFil
 - stores the value as JSON with the root it was made under and the sha256 of every file.
 
 On input it downloads each file that is missing locally or differs (checked against the sha256), restores a
-DVC-tracked folder from the DVC remote (``dvc pull``), and returns the value with the producing run's root
-replaced by this run's, so the asset functions need no change between local and prod.
+DVC-tracked folder from the DVC remote (``dvc pull``), and returns the value (an absolute path under the
+producing run's root, as values stored before paths were relative hold, moved under this run's), so the asset
+functions need no change between local and prod.
 """
 
 from __future__ import annotations
@@ -43,16 +45,20 @@ RUN_FILES: dict[str, Callable[[Paths, str | None], list[Path]]] = {
 }
 
 
-def named_paths(value: Any) -> Iterator[str]:
-    """Every string in ``value`` (nested dicts and lists) that is an absolute path."""
+def named_paths(value: Any, root: Path) -> Iterator[Path]:
+    """Every string in ``value`` (nested dicts and lists) that names a path: an absolute one, or a relative one
+    with a folder in it (``runs/supernet/supernet.safetensors``; a bare word is a class or target name) that
+    exists under ``root``."""
     if isinstance(value, dict):
         for v in value.values():
-            yield from named_paths(v)
+            yield from named_paths(v, root)
     elif isinstance(value, list | tuple):
         for v in value:
-            yield from named_paths(v)
+            yield from named_paths(v, root)
     elif isinstance(value, str) and value.startswith("/"):
-        yield value
+        yield Path(value)
+    elif isinstance(value, str) and "/" in value and "://" not in value and (root / value).exists():
+        yield root / value
 
 
 def rebase(value: Any, old: str, new: str) -> Any:
@@ -97,7 +103,7 @@ class ProjectFilesIOManager(ConfigurableIOManager):
         store = self._store()
         asset = context.asset_key.path[-1]
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        candidates = [Path(p).resolve() for p in named_paths(obj)]
+        candidates = [p.resolve() for p in named_paths(obj, root)]
         if asset in RUN_FILES:
             candidates += [f.resolve() for f in RUN_FILES[asset](paths(root, self.project.params()), partition)]
         files: set[str] = set()

@@ -40,7 +40,7 @@ class MlflowTracking(ConfigurableResource):
         artifacts = Path(self.artifact_root or p["artifact_root"])
         artifacts = artifacts if artifacts.is_absolute() else root / artifacts
         uri = absolute_tracking_uri(self.tracking_uri or p["tracking_uri"], root)
-        tracker = Tracker(uri, self.experiment or p["experiment"], artifacts)
+        tracker = Tracker(uri, self.experiment or p["experiment"], artifacts, root)
         # read by assets/metadata.py: `vitforge serve` names the MLflow UI it started
         tracker.ui_url = self.ui_url or os.environ.get("VITFORGE_MLFLOW_UI_URL") or p.get("ui_url")
         return tracker

@@ -35,7 +35,7 @@ def main() -> None:
     params = load_params(root)
     target, _ = resolve_target(root, params, args.target)
     ft = json.loads(paths(root, params).finetune_result(args.target).read_text())
-    model, meta = load_model(Path(ft["weights"]))
+    model, meta = load_model(root / ft["weights"])  # recorded relative to the root
     arch = Arch(**meta["arch"])
     space = SearchSpace.from_params(meta["space"], num_classes=len(meta["classes"]))
     flops = arch_flops(arch, space)

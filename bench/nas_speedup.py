@@ -36,7 +36,7 @@ def main() -> None:
                           ("chosen", "arch", search["measured_p50_ms"])):
         arch = Arch(**search[key])
         with tempfile.TemporaryDirectory() as tmp:
-            ft = finetune(data, Path(tmp), params, Path(search["supernet_weights"]), arch,
+            ft = finetune(data, Path(tmp), params, root / search["supernet_weights"], arch,
                           overrides={"max_steps": args.steps})
         rows.append((name, arch, ms, ft.test.top1, ft.test.n))
     print(f"target {args.target} (budget {search['budget_ms']:g} ms); p50 measured on the target; both fine-tuned "

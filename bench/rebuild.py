@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from pipeline.params import PACKAGE_ROOT, load_params
+from pipeline.stages.common import model_name
 
 
 def main() -> int:
@@ -40,7 +41,7 @@ def main() -> int:
                        check=True)
         demo_s = time.perf_counter() - t0
     params = load_params(root)
-    ref = args.ref or f"{params['registry']['model_name']}@candidate-{params['demo']['target']}"
+    ref = args.ref or f"{model_name(root, params)}@candidate-{params['demo']['target']}"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(root), "rebuild", ref], cwd=root,
                           env=env, capture_output=True, text=True, check=False)

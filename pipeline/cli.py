@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -59,14 +58,19 @@ def cmd_stage_dataset(args: argparse.Namespace) -> int:
         args.root, params, tracker,
         data=_data_arg(args.data) or p["data"], fmt=args.format or p["format"],
         skip_invalid=args.skip_invalid or p["skip_invalid"], unlabeled=_data_arg(getattr(args, "unlabeled", None)),
+        resplit=True if getattr(args, "resplit", False) else None,
     )
     from assets.checks import dataset_check
     from assets.dataset import dataset_output
 
-    _record(args.root, "dataset", (dataset_output(res, tracker), [dataset_check(res.to_dict())]))
+    _record(args.root, "dataset", (dataset_output(res, tracker), [dataset_check(res.to_dict(), args.root)]))
     print(f"dataset version {res.version}")
     print(f"{res.num_images} images, {len(res.classes)} classes, format {res.format}")
     print("split   " + "  ".join(f"{s}={n}" for s, n in res.counts.items()))
+    if res.given_splits:
+        drawn = [s for s in ("val", "test") if s not in res.given_splits]
+        print(f"        kept as shipped: {', '.join(s + '/' for s in res.given_splits)}"
+              + (f"; {' and '.join(drawn)} drawn from train/" if drawn else "") + " (--resplit: split all by hash)")
     if res.format == "coco":
         print(f"COCO to classes: an image's label is the category of its largest box; {res.without_box} image(s) "
               "without a box are versioned but not trained or tested on")
@@ -232,80 +236,6 @@ def _budget_override(args: argparse.Namespace) -> dict | None:
     return {"time_budget_s": budget} if budget is not None else None
 
 
-def _run_chain(args: argparse.Namespace) -> int:
-    """dataset -> pretrain -> supernet -> search -> finetune -> package for ``args.target``.
-
-    With ``--time-budget`` the training stages share it (params.yaml ``budget.shares``); the dataset
-    and package stages are fixed costs outside it.
-    """
-    from pipeline.budget import ChainBudget, parse_duration
-
-    start = time.perf_counter()
-    args.resume = False
-    params = load_params(args.root)
-    total_s = parse_duration(str(args.time_budget)) if args.time_budget else None
-    t = args.target
-    chain = [("dataset", cmd_stage_dataset, None), ("pretrain", cmd_stage_pretrain, "pretrain"),
-             ("supernet", cmd_stage_supernet, "supernet"), (f"search {t}", cmd_stage_search, "search"),
-             (f"finetune {t}", cmd_stage_finetune, "finetune"), (f"package {t}", cmd_stage_package, None)]
-    budget = None
-    for name, step, share in chain:
-        if total_s is not None and budget is None and share:  # the clock starts after the dataset stage
-            budget = ChainBudget(total_s, params["budget"]["shares"])
-        args.time_budget_s = budget.for_stage(share) if budget and share else None
-        note = f" (time budget {args.time_budget_s:.0f} s)" if args.time_budget_s is not None else ""
-        print(f"== {name}{note}", flush=True)
-        t0 = time.perf_counter()
-        rc = step(args)
-        if rc:
-            return rc
-        if budget and share:
-            budget.done(share, time.perf_counter() - t0)
-    _print_summary(args.root, args.target)
-    if budget:
-        print("  " + "  ".join(f"{k} {v:.0f} s" for k, v in budget.spent.items())
-              + f"  (budget {budget.total_s:.0f} s for the training stages)")
-    print(f"finished in {time.perf_counter() - start:.0f} s")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole chain, as far as it is built, on the packaged digits."""
-    args.data, args.format, args.skip_invalid = None, None, False
-    demo = load_params(args.root)["demo"]
-    args.target = demo["target"]
-    args.time_budget = args.time_budget or demo["time_budget"]
-    return _run_chain(args)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """The whole chain on a user's dataset, for one target."""
-    from pipeline.stages.search import resolve_target
-
-    resolve_target(args.root, load_params(args.root), args.target)  # an unknown target fails before any work
-    args.data = _data_arg(args.data)  # a folder given on the command line is taken from the cwd
-    args.unlabeled = str(Path(args.unlabeled).resolve()) if args.unlabeled else None
-    return _run_chain(args)
-
-
-def _print_summary(root: Path, target: str) -> None:
-
-    params = load_params(root)
-    arch = _read_json(paths(root, params).search_result(target), "search")
-    pkg = _read_json(paths(root, params).package_result(target), "package")
-    rows = [("dataset version", arch["dataset_version"]),
-            ("target", f"{target} (budget {arch['budget_ms']:g} ms)"),
-            ("arch", ", ".join(f"{k}={v}" for k, v in arch["arch"].items())),
-            ("test top-1 (engine)", f"{pkg['test_top1']:.4f}"),
-            ("latency p50 / p99", f"{pkg['p50_ms']:.3f} / {pkg['p99_ms']:.3f} ms"),
-            ("largest arch p50", f"{arch['largest_p50_ms']:.3f} ms"),
-            ("speedup vs largest", f"{arch['largest_p50_ms'] / pkg['p50_ms']:.1f}x"),
-            ("registered", f"{pkg['registered_model']} v{pkg['registered_version']} @{pkg['candidate_alias']}")]
-    print("\n== summary")
-    for k, v in rows:
-        print(f"  {k:<22} {v}")
-
-
 def _seconds(text: str) -> float:
     from pipeline.budget import parse_duration
 
@@ -331,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     unlabeled_help = "a folder of images without labels (any tree): versioned with the data, seen only by MAE"
     allow_dirty_help = "register even when the project root is not a git checkout (the version records why)"
     budget_help = "wall clock for the training stages, e.g. 10m (split by params.yaml budget.shares)"
+    from pipeline.cli_chain import cmd_demo, cmd_run
+
     p = sub.add_parser("demo", parents=[sets], help="run the whole chain on the packaged digits")
     p.add_argument("--time-budget", metavar="DURATION", help=budget_help + " (default: params.yaml demo.time_budget)")
     p.add_argument("--allow-dirty", action="store_true", help=allow_dirty_help)
@@ -340,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="an ImageFolder tree or a COCO set")
     p.add_argument("--format", choices=["imagefolder", "coco"])
     p.add_argument("--skip-invalid", action="store_true", help="drop bad files instead of failing, listing each")
+    p.add_argument("--resplit", action="store_true", help="a train/val(/test) folder: merge and split by hash "
+                   "instead of keeping its split")
     p.add_argument("--unlabeled", metavar="DIR", help=unlabeled_help)
     p.add_argument("--target", required=True, help="a file name (without .yaml) in infra/targets/")
     p.add_argument("--time-budget", metavar="DURATION", help=budget_help)
@@ -353,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder or builtin:digits (default from params.yaml)")
     p.add_argument("--format", choices=["imagefolder", "coco"])
     p.add_argument("--skip-invalid", action="store_true", help="drop bad files instead of failing, listing each")
+    p.add_argument("--resplit", action="store_true", help="a train/val(/test) folder: merge and split by hash "
+                   "instead of keeping its split")
     p.add_argument("--unlabeled", metavar="DIR", help=unlabeled_help)
     p.set_defaults(func=cmd_stage_dataset)
     p = stages.add_parser("pretrain", parents=[sets], help="MAE pre-training of the largest ViT")
@@ -388,12 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_commands(sub, tsub)
 
     from pipeline.cli_fleet import add_fleet_commands
+    from pipeline.cli_init import add_init_command
     from pipeline.cli_predict import add_predict_command
     from pipeline.cli_rebuild import add_rebuild_command
 
     add_fleet_commands(sub)
     add_rebuild_command(sub)
     add_predict_command(sub)
+    add_init_command(sub)
     return parser
 
 
@@ -413,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     previous_set = os.environ.get(ENV_SET)
     try:
+        if not getattr(args, "needs_root", True):  # `vitforge init`: makes the root
+            return args.func(args)
         args.root = (args.root or project_root()).resolve()
         if not (args.root / "params.yaml").is_file():  # a mistyped --root must not grow a DVC repo and a store
             from pipeline.errors import ParamsError

@@ -33,9 +33,7 @@ def _fleet(args: argparse.Namespace):
     if args.fleet not in files:
         raise MissingStageError(f"unknown fleet {args.fleet!r}: no {folder / (args.fleet + '.yaml')} "
                                 f"(known: {sorted(files)})")
-    import mlflow
-
-    mlflow.set_tracking_uri(Tracker.from_params(params, args.root).tracking_uri)
+    Tracker.from_params(params, args.root).connect()
     return load_fleet(files[args.fleet])
 
 

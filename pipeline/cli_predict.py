@@ -14,12 +14,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.package:
         pkg = open_package(args.package.resolve(), str(args.package))
     else:
-        import mlflow
         from pipeline.rebuild import parse_ref
         from pipeline.tracking import Tracker
 
-        mlflow.set_tracking_uri(Tracker.from_params(params, args.root).tracking_uri)
-        ref = args.model or f"{params['registry']['model_name']}@candidate-{params['demo']['target']}"
+        Tracker.from_params(params, args.root).connect()
+        from pipeline.stages.common import model_name
+
+        ref = args.model or f"{model_name(args.root, params)}@candidate-{params['demo']['target']}"
         pkg = registered_package(*parse_ref(ref))
     files = collect([Path(p).resolve() for p in args.images], args.split)
     preds = predict(pkg, files, top_k=args.top_k)
@@ -45,7 +46,8 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
                    "dataset version or ImageFolder tree gives the true labels, and the top-1 is printed)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="NAME@ALIAS", help="a registered version or alias (default: "
-                     "<registry.model_name>@candidate-<demo.target>)")
+                     "<registered model>@candidate-<demo.target>; the model: registry.model_name, else "
+                     "vitforge-<dataset name>)")
     src.add_argument("--package", type=Path, metavar="DIR", help="an edge package folder (runs/package/<target>)")
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--split", choices=["train", "val", "test"], help="of a dataset version folder: only that split")

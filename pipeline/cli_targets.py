@@ -23,14 +23,20 @@ def cmd_targets_list(args: argparse.Namespace) -> int:
     from pipeline.params import resolve
     from pipeline.targets import TargetError, list_targets, load_target
 
+    from pipeline.data.manifest import MANIFEST_NAME
+
     params = load_params(args.root)
-    if needs_fit(params["space"]):
-        # fitted to the images of the current dataset version (no version: "run the dataset stage first")
+    space = None
+    if needs_fit(params["space"]) and not (paths(args.root, params).dataset() / MANIFEST_NAME).is_file():
+        print("space: patch_size/img_sizes are auto, fitted to the images of a dataset version; none yet (run "
+              "`vitforge stage dataset`): the space's subnets are measured once there is one")
+    elif needs_fit(params["space"]):  # fitted to the images of the current dataset version
         fit = resolve_space(params, args.root, paths(args.root, params).dataset())
         print(f"space fitted to {fit.target} ({fit.budget_ms:g} ms) and the images' native {fit.native_size} px: "
               f"patch_size {fit.space['patch_size']}, img_sizes {fit.space['img_sizes']}")
         params = {**params, "space": fit.space}
-    space = SearchSpace.from_params(concrete(params["space"]), num_classes=2)
+    if not needs_fit(params["space"]):
+        space = SearchSpace.from_params(concrete(params["space"]), num_classes=2)
     lp, mean, std = params["latency"], params["model"]["mean"], params["model"]["std"]
     header = f"{'target':<16} {'runtime':<12} {'device':<12} {'precision':<9} {'batch':>5} {'budget_ms':>9}"
     print(header + f"  {'fastest_ms':>10} {'largest_ms':>10}  space fits  measurable here")
@@ -43,7 +49,7 @@ def cmd_targets_list(args: argparse.Namespace) -> int:
         ok, why = t.measurable_here()
         fastest = largest = "-"
         fits = "-"
-        if ok:
+        if ok and space is not None:
             with tempfile.TemporaryDirectory(prefix="vitforge-space-") as tmp:
                 lo, hi = (measure_arch(a, space, t, Path(tmp), warmup=lp["warmup"], runs=lp["runs"], mean=mean, std=std,
                                        **{k: lp[k] for k in ROBUST_KEYS})

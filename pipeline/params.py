@@ -20,16 +20,22 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def project_root() -> Path:
-    """The folder that holds params.yaml: $VITFORGE_ROOT, else the checkout this package lives in.
+    """The folder that holds params.yaml: $VITFORGE_ROOT, else the nearest project around the current directory
+    (a folder with params.yaml and a DVC repo, as ``vitforge init`` makes and as dvc runs the stages in), else the
+    checkout this package lives in.
 
-    An installed (not editable) package lives in site-packages, where no params.yaml is: it needs
-    $VITFORGE_ROOT, and a root without params.yaml is a one-line ParamsError."""
+    An installed (not editable) package lives in site-packages, where no params.yaml is: outside a project it
+    needs $VITFORGE_ROOT, and a root without params.yaml is a one-line ParamsError."""
     env = os.environ.get("VITFORGE_ROOT")
     if env:
         root = Path(env).resolve()
         if not (root / "params.yaml").is_file():
             raise ParamsError(f"VITFORGE_ROOT={env}: no params.yaml there; point it at the project root")
         return root
+    cwd = Path.cwd()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "params.yaml").is_file() and (folder / ".dvc").is_dir():
+            return folder
     if not (PACKAGE_ROOT / "params.yaml").is_file():
         raise ParamsError(f"no params.yaml in {PACKAGE_ROOT} (vitforge is installed as a package): set "
                           "VITFORGE_ROOT to the project root, the folder that holds params.yaml")

@@ -38,13 +38,15 @@ class Prediction:
 
 
 def open_package(folder: Path, source: str) -> Package:
-    """A package folder: the package stage's, or a registered version's (files under ``extra_files/``)."""
+    """A package folder: the package stage's, or a registered version's (files under ``artifacts/``)."""
+    from pipeline.registry.mlflow_registry import registered_file
+
     def find(name: str) -> Path:
-        for p in (folder / name, folder / "extra_files" / name):
-            if p.is_file():
-                return p
-        raise DatasetError(folder, f"no {name}: not an edge package (expected model.onnx, label_map.json, "
-                           "package.json)")
+        try:
+            return registered_file(folder, name)
+        except FileNotFoundError:
+            raise DatasetError(folder, f"no {name}: not an edge package (expected model.onnx, label_map.json, "
+                               "package.json)") from None
 
     spec = json.loads(find("package.json").read_text())
     resize = spec["input"].get("resize", RESIZE)

@@ -244,7 +244,8 @@ def _log(tracker, result: RebuildResult) -> None:
     import mlflow
     from pipeline.tracking import Tracker, log_json
 
-    own = Tracker(tracker.tracking_uri, tracker.experiment + REBUILD_EXPERIMENT_SUFFIX, tracker.artifact_root)
+    own = Tracker(tracker.tracking_uri, tracker.experiment + REBUILD_EXPERIMENT_SUFFIX, tracker.artifact_root,
+                  tracker.root)
     with own.run("rebuild", {"model": result.model, "version": result.version, "target": result.target,
                              "rebuilt_git_sha": result.git_sha, "dataset_version": result.dataset_version}):
         mlflow.log_metrics({"matched": float(result.matched), "rebuild_seconds": result.seconds,

@@ -1,13 +1,17 @@
 """MLflow tracking for every stage: one run per stage, the same way from the CLI and Dagster.
 
 The embedded default is a SQLite store at ``mlflow/mlflow.db`` with artifacts under
-``mlflow/artifacts`` (both relative to the project root). With a tracking server (an ``http(s)://`` URI, as in
+``mlflow/artifacts`` (both relative to the project root). MLflow writes artifact locations as absolute
+``file://`` URIs; a store that finds its locations under another folder than its own project (the project was
+copied or moved) rewrites them to this root when first opened (``relocate_store``), so a copy reads and writes
+its own artifacts, never the original's. With a tracking server (an ``http(s)://`` URI, as in
 the prod deployment) the server decides where artifacts go (its ``--artifacts-destination``, e.g. S3): the
 experiment is created without a local artifact location.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +39,29 @@ def absolute_tracking_uri(uri: str, root: Path) -> str:
     return uri
 
 
+# MLflow's columns that hold artifact locations (absolute URIs), by table; a column an MLflow version lacks is skipped
+LOCATION_COLUMNS = {"experiments": ("artifact_location",), "runs": ("artifact_uri",),
+                    "model_versions": ("source", "storage_location"), "logged_models": ("artifact_location",)}
+
+
+def relocate_store(db: Path, old: str, new: str) -> int:
+    """Rewrite every artifact location that starts with ``old`` to start with ``new`` in the SQLite store ``db``,
+    in one transaction; return the rows changed."""
+    import sqlite3
+
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, columns in LOCATION_COLUMNS.items():
+            if table not in tables:
+                continue
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for col in (c for c in columns if c in present):
+                changed += conn.execute(f"UPDATE {table} SET {col} = ? || substr({col}, ?) "  # noqa: S608
+                                        f"WHERE substr({col}, 1, ?) = ?", (new, len(old) + 1, len(old), old)).rowcount
+    return changed
+
+
 def is_server(uri: str) -> bool:
     """A tracking server (which owns the artifact store), not a store this process writes itself."""
     return uri.startswith(("http://", "https://"))
@@ -45,6 +72,7 @@ class Tracker:
     tracking_uri: str
     experiment: str
     artifact_root: Path
+    root: Path | None = None  # the project root: a local store whose locations lie outside it is relocated
 
     @classmethod
     def from_params(cls, params: dict[str, Any], root: Path) -> Tracker:
@@ -53,7 +81,36 @@ class Tracker:
         m = params["mlflow"]
         uri = os.environ.get(ENV_TRACKING_URI) or m["tracking_uri"]
         experiment = os.environ.get(ENV_EXPERIMENT) or m["experiment"]
-        return cls(absolute_tracking_uri(uri, root), experiment, resolve(m["artifact_root"], root))
+        return cls(absolute_tracking_uri(uri, root), experiment, resolve(m["artifact_root"], root), Path(root))
+
+    def _relocate(self, location: str) -> str:
+        """``location`` (the experiment's) when it lies in this project; else, for this project's own SQLite
+        store found pointing into another folder (a copied or moved project), the store rewritten to this root
+        and the experiment's new location."""
+        prefix = "sqlite:///"
+        if self.root is None or not self.tracking_uri.startswith(prefix) or not location.startswith("file://"):
+            return location
+        root, db = self.root.resolve(), Path(self.tracking_uri[len(prefix):])
+        mine = self.artifact_root.resolve()
+        if not db.resolve().is_relative_to(root) or not mine.is_relative_to(root):
+            return location  # a store or artifact root outside the project: shared on purpose, left alone
+        tail = "/" + mine.relative_to(root).as_posix()
+        old_root = location.rstrip("/").removesuffix(tail) if location.rstrip("/").endswith(tail) else None
+        if old_root is None or old_root == root.as_uri():
+            return location  # this project's own, or an artifact root params.yaml moved on purpose
+        n = relocate_store(db, old_root + "/", root.as_uri() + "/")
+        log.warning("MLflow store %s held artifact locations under %s (a copy of that project): %d moved to %s",
+                    db, old_root, n, root)
+        return root.as_uri() + tail
+
+    def connect(self) -> None:
+        """Point MLflow at this store (for registry reads outside a stage run), relocating a copied project's."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        exp = mlflow.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            self._relocate(exp.artifact_location)
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
@@ -63,6 +120,7 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is not None:
+            self._relocate(exp.artifact_location)
             return exp.experiment_id
         location = None
         if not is_server(self.tracking_uri):  # a server's artifacts go where the server says

@@ -43,13 +43,14 @@ def test_dataset_asset_and_check(project, digits_dir):
     assert out.metadata["class_histogram"].value.startswith(
         f"![class_histogram.png](http://127.0.0.1:5000/get-artifact?path=class_histogram.png&run_uuid={run_id})")
 
-    result = check_dataset_valid(out.value)
+    assert out.value["tracked_dir"] == "data/dataset"  # recorded relative to the project root
+    result = check_dataset_valid(out.value, resources(project)["project"])
     assert result.passed, result.metadata
 
     # A file changed behind the manifest's back fails the check.
-    victim = Path(out.value["tracked_dir"]) / "3" / "digit_0003.png"
+    victim = project / out.value["tracked_dir"] / "3" / "digit_0003.png"
     victim.write_bytes(victim.read_bytes() + b"\0")
-    assert not check_dataset_valid(out.value).passed
+    assert not check_dataset_valid(out.value, resources(project)["project"]).passed
 
 
 def test_data_change_sensor_starts_retrain_once_per_change_of_content(project, imagefolder):

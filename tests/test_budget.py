@@ -91,7 +91,7 @@ def test_a_spent_budget_gives_min_steps_not_the_epochs(tmp_path):
 def test_the_chain_clock_starts_after_the_dataset_stage(monkeypatch, tmp_path):
     import argparse
 
-    from pipeline import cli
+    from pipeline import cli, cli_chain
 
     seen = {}
 
@@ -105,10 +105,10 @@ def test_the_chain_clock_starts_after_the_dataset_stage(monkeypatch, tmp_path):
 
     for name in ("dataset", "pretrain", "supernet", "search", "finetune", "package"):
         monkeypatch.setattr(cli, f"cmd_stage_{name}", fake(name))
-    monkeypatch.setattr(cli, "_print_summary", lambda root, target: None)
-    monkeypatch.setattr(cli, "load_params", lambda root: {"budget": {"shares": {
+    monkeypatch.setattr(cli_chain, "_print_summary", lambda root, target: None)
+    monkeypatch.setattr(cli_chain, "load_params", lambda root: {"budget": {"shares": {
         "pretrain": 1.0, "supernet": 1.0, "search": 1.0, "finetune": 1.0}}})
     args = argparse.Namespace(root=tmp_path, target="t", time_budget=2)  # a bare number, as YAML gives it
-    assert cli._run_chain(args) == 0
+    assert cli_chain._run_chain(args) == 0
     assert seen["dataset"] is None and seen["package"] is None
     assert seen["pretrain"] == pytest.approx(0.5, abs=0.05)

@@ -15,6 +15,12 @@ from conftest import TINY, clone_code, clone_env, commit_all, set_params
 from pipeline.weights import load_weights
 
 
+def files_of(folder) -> dict[str, tuple[int, int]]:
+    """Every file below ``folder`` with its size and mtime: what a write anywhere in it would change."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
 def test_run_splits_its_time_budget_and_ends_registered(tmp_path, digits_few):
     tiny_project = clone_code(tmp_path / "clone")  # a user's clone: the code, params.yaml, .dvc/ in git
     set_params(tiny_project, **TINY)
@@ -63,6 +69,33 @@ def test_run_splits_its_time_budget_and_ends_registered(tmp_path, digits_few):
     assert search["arch"]["img_size"] == 16
     finetune = json.loads((tiny_project / "runs" / "finetune" / "box" / "result.json").read_text())
     assert finetune["steps"] >= 3 and finetune["test_top1"] > 0.2  # 10 classes: well above chance
+
+    # the project copied to another folder (the original moved away): the next stage there reads and writes
+    # only the copy, since every recorded path is relative to the root and the MLflow store relocates itself
+    copy, away = tmp_path / "copy", tmp_path / "clone.away"
+    shutil.copytree(tiny_project, copy, symlinks=True)
+    tiny_project.rename(away)
+    before_away = files_of(away)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "stage", "package", "--target", "box"],
+                          cwd=copy, env=clone_env(copy), capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # no --root: the project around the current directory
+    assert "registered vitforge-digits version 2 as candidate-box" in proc.stdout
+    assert not tiny_project.exists(), "a write at the original's path"
+    assert files_of(away) == before_away, "the original changed"
+    pkg = json.loads((copy / "runs" / "package" / "box" / "result.json").read_text())
+    assert (pkg["package"]["folder"], pkg["package"]["onnx"]) == ("runs/package/box", "runs/package/box/model.onnx")
+    assert json.loads((copy / "runs" / "search" / "box.json").read_text())["supernet_weights"] == \
+        "runs/supernet/supernet.safetensors"
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("vitforge")
+    assert exp.artifact_location == (copy / "mlflow" / "artifacts").as_uri()
+    runs = client.search_runs([exp.experiment_id])
+    assert runs and all(r.info.artifact_uri.startswith(copy.as_uri() + "/") for r in runs)
+    assert (copy / "mlflow" / "artifacts" / exp.experiment_id / runs[0].info.run_id).is_dir()  # written here
+    shutil.rmtree(copy)
+    away.rename(tiny_project)
 
     # the project moves on: a new data version and a changed param, committed
     registered = json.loads((tiny_project / "runs" / "package" / "box" / "result.json").read_text())

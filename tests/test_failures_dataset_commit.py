@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import png
@@ -46,8 +45,8 @@ def stage(project, data):
 def seen_by_the_next_stage(project) -> tuple[str, str]:
     """What a later stage reads: the version dataset_ref gives and the manifest in the folder."""
     ref = dataset_ref(project, load_params(project))
-    check_dataset(ref)  # what the training stages call on the dict they get
-    return ref["version"], (Path(ref["tracked_dir"]) / "manifest.json").read_text()
+    check_dataset(ref, project)  # what the training stages call on the dict they get
+    return ref["version"], (project / ref["tracked_dir"] / "manifest.json").read_text()
 
 
 def two_versions(project, imagefolder, tmp_path):

@@ -20,6 +20,7 @@ from pipeline.finetune.train import finetune
 from pipeline.params import PACKAGE_ROOT, load_params
 from pipeline.registry.gates import parity_gate
 from pipeline.registry.mlflow_registry import ProvenanceError, alias, load_registered
+from pipeline.stages.common import model_name
 from pipeline.stages.package import run_package
 from pipeline.targets import load_target
 from pipeline.tracking import Tracker
@@ -59,7 +60,7 @@ def versions(shipped) -> list:
     params = load_params(root)
     mlflow.set_tracking_uri(Tracker.from_params(params, root).tracking_uri)
     try:
-        return mlflow.MlflowClient().search_model_versions(f"name='{params['registry']['model_name']}'")
+        return mlflow.MlflowClient().search_model_versions(f"name='{model_name(root, params)}'")
     except mlflow.exceptions.MlflowException:
         return []
 
@@ -98,14 +99,19 @@ def test_fp32_package_parity_tags_alias_and_load_back(shipped):
 
     uri = f"models:/{name}@{alias('candidate', 'cpu-ort-fp32')}"
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    onnx_model = mlflow.onnx.load_model(uri)
-    assert [i.name for i in onnx_model.graph.input] == ["image"]
-    preds = mlflow.pyfunc.load_model(uri).predict(images)
-    logits = preds["logits"] if isinstance(preds, dict) else np.asarray(preds)
-    assert np.asarray(logits).shape == (3, 10)
+    preds = mlflow.pyfunc.load_model(uri).predict(images)  # labels and probabilities, the label map inside
+    assert list(preds.columns) == ["label", "probability", "probabilities"] and len(preds) == 3
+    expected = package_mod.run_engine(Path(folder) / "model.onnx", load_target(
+        PACKAGE_ROOT / "infra" / "targets" / "cpu-ort-fp32.yaml"), images, 16)
+    softmax = np.exp(expected - expected.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    assert list(preds["label"]) == [str(i) for i in expected.argmax(-1)]
+    assert np.allclose(np.stack(preds["probabilities"]), softmax, atol=1e-5)
+    assert np.allclose(preds["probability"], softmax.max(-1), atol=1e-5)
     downloaded = load_registered(name, res.registered_version)
-    assert (downloaded / "extra_files" / "label_map.json").is_file()
-    assert not list(downloaded.glob("*.data"))  # one self-contained model.onnx
+    assert (downloaded / "artifacts" / "label_map.json").is_file()
+    assert [i.name for i in onnx.load(str(downloaded / "artifacts" / "model.onnx")).graph.input] == ["image"]
+    assert not list(downloaded.rglob("*.data"))  # one self-contained model.onnx
 
 
 def test_int8_package_is_quantized_passes_its_gate_and_registers(shipped):

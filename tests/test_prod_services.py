@@ -22,6 +22,7 @@ from conftest import TINY, make_project, set_params
 from services import prod_services, write_instance
 
 from pipeline.loopback import postgres_bin, stop_group
+from pipeline.stages.common import model_name as registered_name
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -155,7 +156,7 @@ def test_prod_deployment_across_machines(services, tmp_path, digits_dir, monkeyp
         assert any(k.startswith(f"{prefix}/files/runs/pretrain/checkpoint") for k in keys)  # checkpoints too
         sn_sha = {sha for rel, sha in rels if rel == "runs/supernet/supernet.safetensors"}
         assert sn_sha == {r["supernet_sha256"] for r in reports.values()}  # one supernet, read back by both
-        assert supernet["weights"] == str(root.resolve() / "runs/supernet/supernet.safetensors")
+        assert supernet["weights"] == "runs/supernet/supernet.safetensors"  # relative to the root, as recorded
         assert any(k.startswith("dvc/files/md5/") for k in keys), "the dataset stage pushed to the S3 DVC remote"
         assert any(k.startswith("mlflow/") and k.endswith("model.onnx") for k in keys), "MLflow's artifacts"
         assert not [k for k in keys if k.endswith(".download")]
@@ -164,7 +165,7 @@ def test_prod_deployment_across_machines(services, tmp_path, digits_dir, monkeyp
         client = mlflow.MlflowClient(services.mlflow_uri)
         exp = client.get_experiment_by_name(params["mlflow"]["experiment"])
         assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location
-        model_name = params["registry"]["model_name"]
+        model_name = registered_name(root, params)
         versions = {v.version: v for v in client.search_model_versions(f"name = '{model_name}'")}
         assert len(versions) == 2
         aliases = client.get_registered_model(model_name).aliases

@@ -7,7 +7,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 import mlflow
-from pipeline.registry.mlflow_registry import alias, load_registered, register_package, version_tags
+from pipeline.registry.mlflow_registry import alias, load_registered, register_package, registered_file, version_tags
 
 MODEL = "atomic-digits"
 REQUIRED_TAGS = ("target", "git_sha", "git_dirty", "test_top1", "sha256.model.onnx", "sha256.package.json")
@@ -41,7 +41,7 @@ def test_a_registered_version_has_every_tag_and_the_alias(client, packages):
     assert mv.tags["git_sha"] == "0123abc" and mv.tags["git_dirty"] == "false"
     assert "incomplete" not in mv.tags
     assert candidate(client, pkg) == version
-    assert (load_registered(MODEL, version) / "model.onnx").is_file()
+    assert registered_file(load_registered(MODEL, version), "model.onnx").is_file()
 
 
 @pytest.mark.parametrize("failing", ["create_model_version", "set_registered_model_alias"])
@@ -79,7 +79,7 @@ def test_a_version_that_cannot_be_deleted_is_tagged_incomplete_and_refused(clien
     assert candidate(client, pkg) == first
     with pytest.raises(ValueError, match="incomplete"):
         load_registered(MODEL, str(left[0].version))
-    assert (load_registered(MODEL, first) / "model.onnx").is_file()
+    assert registered_file(load_registered(MODEL, first), "model.onnx").is_file()
 
 
 def test_registration_and_champion_lookup_through_a_tracking_server(server, packages):

@@ -90,3 +90,46 @@ def test_split_is_the_same_in_processes_with_other_hash_seeds(tmp_path):
     assert outputs == [here.to_json()] * 3
     sha = next(f["sha256"] for f in here.files if f["path"] == "ants/ants_0.png")
     assert len({f["split"] for f in here.files if f["sha256"] == sha}) == 1
+
+
+def presplit(root, **per_split):
+    from conftest import make_imagefolder
+
+    for split, n in per_split.items():
+        make_imagefolder(root / split, per_class=n)
+    return read_dataset(root)
+
+
+def test_a_train_val_test_layout_keeps_its_split(tmp_path):
+    raw = presplit(tmp_path / "set", train=20, val=4, test=3)
+    manifest = build_manifest(raw, 0.3, 0.3)
+    assert manifest.given_splits == ["train", "val", "test"]
+    assert all(f["split"] == f["path"].split("/")[0] for f in manifest.files)  # nothing moved
+    assert manifest.counts() == {"train": 40, "val": 8, "test": 6}
+
+
+def test_a_train_val_layout_keeps_val_and_draws_test_from_train(tmp_path):
+    raw = presplit(tmp_path / "set", train=30, valid=5)  # valid/: a val folder by another common name
+    manifest = build_manifest(raw, 0.2, 0.25)
+    assert manifest.given_splits == ["train", "val"]
+    by_folder = {}
+    for f in manifest.files:
+        by_folder.setdefault(f["path"].split("/")[0], set()).add(f["split"])
+    assert by_folder == {"valid": {"val"}, "train": {"train", "test"}}  # val as given; test drawn from train/
+    assert 5 <= manifest.counts()["test"] <= 25
+
+
+def test_resplit_merges_the_folders_and_splits_by_hash(tmp_path):
+    raw = presplit(tmp_path / "set", train=30, val=10)
+    manifest = build_manifest(raw, 0.2, 0.2, resplit=True)
+    assert manifest.given_splits == []
+    val_from_train = [f for f in manifest.files if f["path"].startswith("train/") and f["split"] == "val"]
+    train_from_val = [f for f in manifest.files if f["path"].startswith("val/") and f["split"] == "train"]
+    assert val_from_train and train_from_val
+
+
+def test_a_pre_split_layout_needs_a_train_folder(tmp_path):
+    from pipeline.data.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="without a train/ folder"):
+        presplit(tmp_path / "set", val=3, test=3)

@@ -5,6 +5,10 @@ same split on any machine and in any listing order. Files with identical bytes
 (duplicate photos) take the split of the first of them by path, so a duplicate
 never sits on both sides of the train/test line.
 
+A pre-split ImageFolder (``ROOT/train/``, ``val/``, ``test/``) keeps the split it was given: a split it lacks
+is carved from its train images by the same hash (``val/`` alone given: test is carved from train), unless
+``resplit`` merges the folders and splits them all by the hash. ``given_splits`` records which were kept.
+
 Unlabeled images (a separate folder, for MAE only) are listed too, under
 ``unlabeled/`` with split ``"unlabeled"`` and label None; they take no part in the
 train/val/test split, which is the same with or without them. ``native_size`` is
@@ -28,13 +32,15 @@ SPLITS = ("train", "val", "test")
 UNLABELED = "unlabeled"  # the split name of unlabeled images, and the folder they are copied to
 
 
-def split_of(rel_path: str, val_fraction: float, test_fraction: float) -> str:
-    """train/val/test from the first 64 bits of sha256(relative path)."""
+def split_of(rel_path: str, val_fraction: float, test_fraction: float, carve: tuple[str, ...] = ("val", "test")
+             ) -> str:
+    """train/val/test from the first 64 bits of sha256(relative path); ``carve``: the splits that may be drawn
+    (a pre-split set's train images give only the splits the set lacks)."""
     u = int.from_bytes(hashlib.sha256(rel_path.encode("utf-8")).digest()[:8], "big") / 2**64
     if u < test_fraction:
-        return "test"
+        return "test" if "test" in carve else "train"
     if u < test_fraction + val_fraction:
-        return "val"
+        return "val" if "val" in carve else "train"
     return "train"
 
 
@@ -47,6 +53,8 @@ class Manifest:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     native_size: list[int] | None = None  # [median width, median height] of the labelled set's images
+    given_splits: list[str] = field(default_factory=list)  # splits kept from a pre-split layout; []: all hashed
+    name: str = ""  # the dataset's name (its folder's): the registered model is vitforge-<name> by default
 
     def split(self, name: str) -> list[dict]:
         return [f for f in self.files if f["split"] == name]
@@ -80,14 +88,20 @@ class Manifest:
 
 
 def build_manifest(raw: RawDataset, val_fraction: float, test_fraction: float,
-                   unlabeled: RawDataset | None = None) -> Manifest:
-    """The manifest of ``raw`` (labelled) plus, if given, the ``unlabeled`` images under ``unlabeled/``."""
+                   unlabeled: RawDataset | None = None, *, resplit: bool = False, name: str = "") -> Manifest:
+    """The manifest of ``raw`` (labelled) plus, if given, the ``unlabeled`` images under ``unlabeled/``.
+    ``resplit``: split a pre-split set by the hash as if it were one folder."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"bad split fractions: val={val_fraction}, test={test_fraction} (each in [0, 1), sum < 1)")
+    given = [] if resplit else sorted({s.split for s in raw.samples if s.split}, key=SPLITS.index)
+    carve = tuple(s for s in ("val", "test") if s not in given)
     by_content: dict[str, str] = {}
     files = []
     for s in sorted(raw.samples, key=lambda s: s.path):
-        split = by_content.setdefault(s.sha256, split_of(s.path, val_fraction, test_fraction))
+        if given and s.split != "train":
+            split = s.split  # as the set was shipped
+        else:  # identical bytes take the first copy's split: a duplicate never sits on both sides of the line
+            split = by_content.setdefault(s.sha256, split_of(s.path, val_fraction, test_fraction, carve))
         entry = {"path": s.path, "label": s.label, "split": split, "sha256": s.sha256,
                  "width": s.width, "height": s.height}
         if raw.format == "coco":
@@ -108,7 +122,7 @@ def build_manifest(raw: RawDataset, val_fraction: float, test_fraction: float,
                           "width": s.width, "height": s.height})
         skipped += [{"path": f"{UNLABELED}/{_rel(k['path'], unlabeled.root)}", "error": k["error"]}
                     for k in unlabeled.skipped]
-    return Manifest(raw.format, raw.classes, files, skipped, val_fraction, test_fraction, native_size)
+    return Manifest(raw.format, raw.classes, files, skipped, val_fraction, test_fraction, native_size, given, name)
 
 
 def _rel(path: str, root: Path) -> str:

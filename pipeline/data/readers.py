@@ -35,6 +35,7 @@ class Sample:
     height: int
     sha256: str
     boxes: list[dict] = field(default_factory=list)  # COCO only: {"bbox": [x, y, w, h], "category": int}
+    split: str | None = None  # a pre-split ImageFolder's (ROOT/<split>/<class>/): train, val or test
 
 
 @dataclass
@@ -138,11 +139,13 @@ def _inspect_all(paths: list[Path], skip_invalid: bool, skipped: list[dict],
     return results
 
 
-SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test"}
+# a pre-split ImageFolder's top folders, and the split each names
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
-def _class_dirs(root: Path, skip_invalid: bool, skipped: list[dict]) -> dict[str, list[Path]]:
-    """{class name: its folders}. ROOT/<class>/ or, for sets shipped pre-split, ROOT/<split>/<class>/."""
+def _class_dirs(root: Path, skip_invalid: bool, skipped: list[dict]) -> dict[str, list[tuple[Path, str | None]]]:
+    """{class name: its folders, each with the split it was given}. ROOT/<class>/ (no split given) or, for sets
+    shipped pre-split, ROOT/<split>/<class>/ (``SPLIT_FOLDERS``)."""
     top: list[Path] = []
     for entry in _scandir(root):
         if entry.name.startswith("."):
@@ -158,17 +161,23 @@ def _class_dirs(root: Path, skip_invalid: bool, skipped: list[dict]) -> dict[str
             skipped.append({"path": str(path), "error": err.problem})
     if not top:
         raise DatasetError(root, "no class folders found (expected ROOT/<class>/<image>)")
-    if not {d.name.lower() for d in top} <= SPLIT_FOLDERS:
-        return {d.name: [d] for d in top}
-    # Pre-split layout: the classes are one level down. vitforge still splits by its own stable hash.
-    classes: dict[str, list[Path]] = {}
+    if not {d.name.lower() for d in top} <= set(SPLIT_FOLDERS):
+        return {d.name: [(d, None)] for d in top}
+    # Pre-split layout: the classes are one level down, and each image keeps its folder's split.
+    named = [SPLIT_FOLDERS[d.name.lower()] for d in top]
+    if len(set(named)) < len(named):
+        raise DatasetError(root, f"split folders {', '.join(d.name for d in top)} name one split twice")
+    if "train" not in named:
+        raise DatasetError(root, "pre-split layout without a train/ folder (expected ROOT/train/<class>/ beside "
+                           "val/ or test/)")
+    classes: dict[str, list[tuple[Path, str | None]]] = {}
     for split_dir in top:
         subdirs = [Path(e.path) for e in _scandir(split_dir) if e.is_dir() and not e.name.startswith(".")]
         if not subdirs:
             raise DatasetError(split_dir, "split folder has no class folders")
         for d in subdirs:
             check_name(d)
-            classes.setdefault(d.name, []).append(d)
+            classes.setdefault(d.name, []).append((d, SPLIT_FOLDERS[split_dir.name.lower()]))
     return dict(sorted(classes.items()))
 
 
@@ -176,12 +185,14 @@ def _read_imagefolder(root: Path, skip_invalid: bool, max_pixels: int | None = N
     skipped: list[dict] = []
     class_dirs = _class_dirs(root, skip_invalid, skipped)
     per_class: dict[str, list[Path]] = {}
+    given: dict[Path, str | None] = {}
     for name, dirs in class_dirs.items():
-        for d in dirs:
+        for d, split in dirs:
             files = _walk_images(d)
             if not files:
                 raise DatasetError(d, "class folder has no images")
             per_class.setdefault(name, []).extend(files)
+            given.update(dict.fromkeys(files, split))
     if len(per_class) < 2:
         raise DatasetError(root, f"found 1 class ({next(iter(per_class))}); a classifier needs at least 2")
 
@@ -191,10 +202,10 @@ def _read_imagefolder(root: Path, skip_invalid: bool, max_pixels: int | None = N
     for label, name in enumerate(classes):
         kept = [f for f in per_class[name] if f in info]
         if not kept:
-            raise DatasetError(class_dirs[name][0], "class folder has no valid images")
+            raise DatasetError(class_dirs[name][0][0], "class folder has no valid images")
         for f in kept:
             w, h, sha = info[f]
-            samples.append(Sample(f.relative_to(root).as_posix(), label, w, h, sha))
+            samples.append(Sample(f.relative_to(root).as_posix(), label, w, h, sha, split=given[f]))
     return RawDataset(root, "imagefolder", classes, samples, skipped)
 
 

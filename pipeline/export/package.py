@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,10 @@ class EdgePackage:
     optimizer: str
     files_sha256: dict[str, str]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, rel: Callable[[Path], str] = str) -> dict[str, Any]:
+        """``rel``: how paths are written (the stage records them relative to the project root)."""
         d = {k: v for k, v in asdict(self).items() if k not in ("parity", "latency")}
-        return {**d, "folder": str(self.folder), "onnx": str(self.onnx), "parity": self.parity.to_dict(),
+        return {**d, "folder": rel(self.folder), "onnx": rel(self.onnx), "parity": self.parity.to_dict(),
                 "latency": self.latency.to_dict(samples=False)}
 
 

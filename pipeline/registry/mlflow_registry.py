@@ -27,6 +27,8 @@ from pipeline.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
+PYFUNC_MODEL = Path(__file__).with_name("pyfunc_model.py")  # the version's python_model (MLflow models from code)
+PACKAGE_FILES = ("model.onnx", "label_map.json", "package.json")  # a version's artifacts/, from the edge package
 INCOMPLETE_TAG = "incomplete"  # set on a version whose registration failed and which could not be deleted
 
 
@@ -83,6 +85,21 @@ def git_provenance(root: Path, *, allow_dirty: bool = False, besides: tuple[Path
     return GitProvenance(f"none: {reason}", True)
 
 
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+def registered_file(folder: Path, name: str) -> Path:
+    """One of ``PACKAGE_FILES`` in a downloaded version (``artifacts/``; ``extra_files/`` beside ``model.onnx``
+    in versions registered before the pyfunc returned labels)."""
+    for path in (folder / "artifacts" / name, folder / name, folder / "extra_files" / name):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{folder}: the registered version has no {name}")
+
+
 def champion_of(model_name: str, target: str) -> str | None:
     """The version ``champion-<target>`` points at, or None when there is none.
 
@@ -117,8 +134,8 @@ def score_registered(model_name: str, version: str, data_dir: Path, classes: lis
     from pipeline.targets.runners import ort_session
 
     folder = load_registered(model_name, version)
-    label_map = json.loads((folder / "extra_files" / "label_map.json").read_text())
-    session = ort_session(folder / "model.onnx", threads)
+    label_map = json.loads(registered_file(folder, "label_map.json").read_text())
+    session = ort_session(registered_file(folder, "model.onnx"), threads)
     inp, out = session.get_inputs()[0], session.get_outputs()[0]
     size = inp.shape[1]
     if not isinstance(size, int):
@@ -139,7 +156,7 @@ def register_package(pkg: EdgePackage, model_name: str, tags: dict[str, str]) ->
 
     If the alias cannot be moved, the new version is deleted (or tagged ``incomplete`` when even that
     fails) and the error raised: no version is left half registered."""
-    import onnx
+    import pandas as pd
     from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
@@ -147,12 +164,14 @@ def register_package(pkg: EdgePackage, model_name: str, tags: dict[str, str]) ->
 
     size = pkg.arch["img_size"]
     example = np.zeros((1, size, size, 3), dtype=np.uint8)
-    logits = np.zeros((1, len(pkg.classes)), dtype=np.float32)
-    info = mlflow.onnx.log_model(
-        onnx.load(str(pkg.onnx)), name="model",
-        signature=infer_signature(example, logits), input_example=example,
-        extra_files=[str(pkg.folder / f) for f in ("label_map.json", "package.json")],
-        onnx_execution_providers=["CPUExecutionProvider"], save_as_external_data=False,
+    n = len(pkg.classes)
+    output = pd.DataFrame({"label": [pkg.classes[0]], "probability": [1.0 / n], "probabilities": [np.full(n, 1.0 / n)]})
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(PYFUNC_MODEL),  # models from code: labels and probabilities, not logits
+        artifacts={"model": str(pkg.onnx), **{Path(f).stem: str(pkg.folder / f) for f in PACKAGE_FILES[1:]}},
+        signature=infer_signature(example, output), input_example=example,
+        pip_requirements=[f"onnxruntime=={_version('onnxruntime')}", f"numpy=={_version('numpy')}",
+                          f"pandas=={_version('pandas')}", f"mlflow=={_version('mlflow')}"],
     )
     mlflow.log_artifacts(str(pkg.folder), "edge_package")  # weights, reports, manifest, as shipped
     client = mlflow.MlflowClient()

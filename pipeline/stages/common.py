@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.data.errors import DatasetError
 from pipeline.data.versioning import dvc_file, journal_path, verified_version
-from pipeline.params import git_sha
+from pipeline.params import git_sha, resolve
 from pipeline.paths import paths
 
 
@@ -18,15 +18,30 @@ def dataset_ref(root: Path, params: dict[str, Any]) -> dict[str, str]:
     the version its ``.dvc`` file records: a mismatch is a one-line DatasetError, a missing version a
     MissingStageError."""
     folder = paths(root, params).dataset()
-    return {"tracked_dir": str(folder), "version": verified_version(folder)}
+    return {"tracked_dir": paths(root, params).rel(folder), "version": verified_version(folder)}
 
 
-def check_dataset(dataset: dict[str, Any]) -> None:
+def data_dir(dataset: dict[str, Any], root: Path | None = None) -> Path:
+    """The dataset's folder: ``tracked_dir`` as recorded (relative to the project root), resolved."""
+    return resolve(dataset["tracked_dir"], root)
+
+
+def model_name(root: Path, params: dict[str, Any], dataset_dir: Path | None = None) -> str:
+    """The registered model: params.yaml ``registry.model_name``, else ``vitforge-<dataset name>``, the name the
+    dataset stage recorded in the manifest of ``dataset_dir`` (default: the tracked folder)."""
+    from pipeline.data.manifest import load_manifest
+
+    if params["registry"]["model_name"]:
+        return params["registry"]["model_name"]
+    return f"vitforge-{load_manifest(dataset_dir or paths(root, params).dataset()).name or 'dataset'}"
+
+
+def check_dataset(dataset: dict[str, Any], root: Path | None = None) -> None:
     """Before a stage trusts ``dataset`` (``dataset_ref``'s or the Dagster asset's value): the folder must hold
     the version its ``.dvc`` file records (after recovering an interrupted commit), and that must be the
     version the stage was given. A folder that no ``.dvc`` file versions (tests, benchmarks on a bare folder
     with a manifest) has nothing recorded to check against and passes."""
-    folder = Path(dataset["tracked_dir"])
+    folder = data_dir(dataset, root)
     journal = journal_path(folder)
     if not dvc_file(folder).is_file() and (journal is None or not journal.is_file()):
         return

@@ -8,6 +8,7 @@ versioned by the same ``dvc add``; the manifest lists it with split "unlabeled".
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pipeline.data import build_manifest, read_dataset
 from pipeline.data.demo import write_digits
 from pipeline.data.fingerprint import content_hash
 from pipeline.data.manifest import UNLABELED
-from pipeline.data.readers import read_unlabeled
+from pipeline.data.readers import SPLIT_FOLDERS, read_unlabeled
 from pipeline.data.versioning import aside, commit_version, recover_interrupted
 from pipeline.params import resolve
 from pipeline.paths import paths, write_result
@@ -46,6 +47,8 @@ class DatasetResult:
     native_size: list[int] | None  # [median width, median height] of the labelled images
     without_box: int = 0  # COCO images with no box: no label, so no part in training or testing
     source_hash: str = ""  # content hash of the source folder (pipeline.data.fingerprint): the data sensor's
+    given_splits: list[str] | None = None  # the splits a pre-split folder was shipped with, kept; None: hashed
+    name: str = ""  # the dataset's name: the registered model is vitforge-<name> unless registry.model_name says
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +57,17 @@ class DatasetResult:
 def source_folder(data: str, root: Path) -> Path:
     """Where ``dataset.data`` lives: a path (relative ones from the root), or data/raw/digits for the digits."""
     return root / "data" / "raw" / "digits" if data == BUILTIN_DIGITS else resolve(data, root)
+
+
+def dataset_name(data: str, src: Path) -> str:
+    """A name for the data: its folder's (the parent's for a split folder such as ``hymenoptera/train``), in the
+    characters a registered model name takes; ``digits`` for the builtin digits."""
+    if data == BUILTIN_DIGITS:
+        return "digits"
+    folder = src.resolve()
+    if folder.name.lower() in SPLIT_FOLDERS and folder.parent.name:
+        folder = folder.parent
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).strip("-.") or "dataset"
 
 
 def resolve_source(data: str, root: Path, image_size: int) -> Path:
@@ -87,8 +101,11 @@ def run_dataset(
     skip_invalid: bool,
     tags: dict[str, str] | None = None,
     unlabeled: str | None = None,
+    resplit: bool | None = None,
 ) -> DatasetResult:
-    """``unlabeled``: a folder of images without labels (any tree) that only MAE pre-training sees."""
+    """``unlabeled``: a folder of images without labels (any tree) that only MAE pre-training sees.
+    ``resplit`` (default: params.yaml ``dataset.resplit``): split a train/val(/test) layout by the hash instead
+    of keeping its split."""
     p = params["dataset"]
     target = paths(root, params).dataset()
     remote_url = resolve(p["dvc_remote_url"], root)
@@ -100,7 +117,9 @@ def run_dataset(
     source_hash = content_hash(src)
     unl_src = resolve(unlabeled, root) if unlabeled else None
     raw_unl = read_unlabeled(unl_src, skip_invalid=skip_invalid, max_pixels=p["max_pixels"]) if unl_src else None
-    manifest = build_manifest(raw, val_fraction(p, len(raw.samples)), p["test_fraction"], raw_unl)
+    resplit = p["resplit"] if resplit is None else resplit
+    manifest = build_manifest(raw, val_fraction(p, len(raw.samples)), p["test_fraction"], raw_unl, resplit=resplit,
+                              name=dataset_name(data, src))
     labelled = manifest.labelled_files()
     n_unlabeled = len(manifest.unlabeled_files())
     without_box = sum(1 for f in labelled if f["label"] is None)  # COCO images with no box
@@ -126,7 +145,9 @@ def run_dataset(
 
         mlflow.log_params({"data": data, "format": fmt, "skip_invalid": skip_invalid,
                            "val_fraction": p["val_fraction"], "test_fraction": p["test_fraction"],
-                           "unlabeled": unlabeled or "", "native_size": str(manifest.native_size)})
+                           "unlabeled": unlabeled or "", "native_size": str(manifest.native_size),
+                           "resplit": resplit, "given_splits": ",".join(manifest.given_splits) or "none",
+                           "name": manifest.name})
         mlflow.log_metrics({"images": len(labelled), "classes": len(manifest.classes),
                             "skipped": len(manifest.skipped), **{f"images_{k}": v for k, v in counts.items()},
                             f"images_{UNLABELED}": n_unlabeled, "images_without_box": without_box})
@@ -141,7 +162,8 @@ def run_dataset(
     # the version alone (no run id): dvc.yaml's later stages depend on it, and it changes only with the data
     write_result(paths(root, params).dataset_version_file(), {"version": version,
                                                               "tracked_dir": paths(root, params).rel(target)})
-    return DatasetResult(version, str(target), str(target / "manifest.json"), manifest.format, manifest.classes,
+    rel = paths(root, params).rel
+    return DatasetResult(version, rel(target), rel(target / "manifest.json"), manifest.format, manifest.classes,
                          counts, hist, len(labelled), manifest.skipped, run_id, hist_uri,
                          unlabeled=n_unlabeled, native_size=manifest.native_size, without_box=without_box,
-                         source_hash=source_hash)
+                         source_hash=source_hash, given_splits=manifest.given_splits or None, name=manifest.name)

@@ -9,8 +9,9 @@ from typing import Any
 from pipeline import plots, replay
 from pipeline.finetune.train import finetune
 from pipeline.models.supernet import Arch
+from pipeline.params import resolve
 from pipeline.paths import paths, write_result
-from pipeline.stages.common import check_dataset, provenance
+from pipeline.stages.common import check_dataset, data_dir, provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
 
 
@@ -57,14 +58,14 @@ def run_finetune(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
     target = architecture["target"]
     arch = Arch(**architecture["arch"])
     out_dir = paths(root, params).finetune_dir(target)
-    check_dataset(dataset)
+    check_dataset(dataset, root)
     with replay.recording("finetune") as journal, \
             tracker.run("finetune", {"dataset_version": dataset["version"], "target": target, **(tags or {})}) as run:
         import mlflow
 
         mlflow.log_params({f"arch.{k}": v for k, v in arch.to_dict().items()}
                           | {k: v for k, v in params["finetune"].items() if k != "out_dir"})
-        res = finetune(Path(dataset["tracked_dir"]), out_dir, params, Path(architecture["supernet_weights"]), arch,
+        res = finetune(data_dir(dataset, root), out_dir, params, resolve(architecture["supernet_weights"], root), arch,
                        resume=resume, meta={**provenance(dataset, tags), "target": target},
                        overrides=replay.steps_override("finetune", overrides))
         replay.record_steps("finetune", res.train.totals)
@@ -79,7 +80,8 @@ def run_finetune(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                                                f"test top-1 {res.test.top1:.4f}"), "confusion_matrix.png")
         log_file(res.weights, "weights")
         run_id = run.info.run_id
-    result = FinetuneStageResult(target, str(res.weights), arch.to_dict(), res.test.top1, res.test.to_dict(),
-                                 res.classes, res.train.steps, res.train.seconds, dataset["version"], run_id, conf_uri)
+    result = FinetuneStageResult(target, paths(root, params).rel(res.weights), arch.to_dict(), res.test.top1,
+                                 res.test.to_dict(), res.classes, res.train.steps, res.train.seconds,
+                                 dataset["version"], run_id, conf_uri)
     write_result(paths(root, params).finetune_result(target), result.to_dict())
     return result

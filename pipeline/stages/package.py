@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline import plots, replay
 from pipeline.export.package import build_package
-from pipeline.params import overrides
+from pipeline.params import overrides, resolve
 from pipeline.paths import paths, write_result
 from pipeline.registry.gates import champion_gate, latency_gate, parity_gate
 from pipeline.registry.mlflow_registry import (
@@ -23,7 +23,8 @@ from pipeline.registry.mlflow_registry import (
     score_registered,
     version_tags,
 )
-from pipeline.stages.common import check_dataset, mark_failed
+from pipeline.stages.common import check_dataset, data_dir, mark_failed
+from pipeline.stages.common import model_name as registered_name
 from pipeline.stages.search import resolve_target
 from pipeline.tracking import Tracker, log_figure, log_json
 
@@ -66,20 +67,21 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
     no git SHA); otherwise that raises ProvenanceError here, before the build."""
     git = git_provenance(root, allow_dirty=allow_dirty, besides=(paths(root, params).dataset_pointer(),))
     target, _ = resolve_target(root, params, target_name)
-    check_dataset(dataset)  # the folder still holds the version it claims
+    check_dataset(dataset, root)  # the folder still holds the version it claims
     out_dir = paths(root, params).package_dir(target.name)
-    model_name = params["registry"]["model_name"]
+    data = data_dir(dataset, root)
+    model_name = registered_name(root, params, data)
     run_tags = {"dataset_version": dataset["version"], "target": target.name, **(tags or {})}
     with replay.recording("package") as journal, tracker.run("package", run_tags) as run:
         import mlflow
 
-        data_dir = Path(dataset["tracked_dir"])
-        pkg = build_package(Path(model["weights"]), data_dir, out_dir, target, params, root=root)
+        weights = resolve(model["weights"], root)
+        pkg = build_package(weights, data, out_dir, target, params, root=root)
         lat, par = pkg.latency, pkg.parity
         # The champion's own package, scored on the candidate's test split: the same images for both.
         champion_version = champion_of(model_name, target.name)
         champion = None if champion_version is None else score_registered(
-            model_name, champion_version, data_dir, pkg.classes, target.threads)
+            model_name, champion_version, data, pkg.classes, target.threads)
         remeasured = []
         if lat.p50_ms > target.latency_budget_ms:  # over budget once: measured again before it fails (bounded)
             import time
@@ -105,7 +107,7 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
         log_json(lat.to_dict(), "latency_report.json")
         log_json(par.to_dict(), "parity_report.json")
         log_json([g.to_dict() for g in gates], "gates.json")
-        upstream = replay.read_sidecar(Path(model["weights"]))  # what the chain decided by the clock: for rebuilds
+        upstream = replay.read_sidecar(weights)  # what the chain decided by the clock: for rebuilds
         chain = None if upstream is None else {**replay.chain(upstream, journal),
                                                 "weights_sha256": upstream["weights_sha256"]}
         if chain is not None:
@@ -117,14 +119,14 @@ def run_package(root: Path, params: dict[str, Any], tracker: Tracker, dataset: d
                 pkg, dataset_version=dataset["version"], git_sha=git.sha, git_dirty=git.dirty,
                 dagster_run_id=(tags or {}).get("dagster_run_id", ""), params=params,
                 test_top1=par.engine_test_top1, latency_mape=mape) | {
-                    WEIGHTS_TAG: chain["weights_sha256"] if chain else tensor_digest(Path(model["weights"])),
+                    WEIGHTS_TAG: chain["weights_sha256"] if chain else tensor_digest(weights),
                     "replay": REPLAY_ARTIFACT if chain else "none: the fine-tuned weights had no replay record",
                     "params_set": json.dumps(overrides(), sort_keys=True)})  # `--set`, for a rebuild to apply
         mlflow.set_tag("registered_version", version or "none: a gate failed")
         run_id = run.info.run_id
-    result = PackageStageResult(target.name, pkg.to_dict(), [g.to_dict() for g in gates], model_name, version,
-                                alias("candidate", target.name), par.engine_test_top1, lat.p50_ms, lat.p99_ms, run_id,
-                                hist_uri)
+    result = PackageStageResult(target.name, pkg.to_dict(paths(root, params).rel), [g.to_dict() for g in gates],
+                                model_name, version, alias("candidate", target.name), par.engine_test_top1, lat.p50_ms,
+                                lat.p99_ms, run_id, hist_uri)
     if not result.passed:
         mark_failed(run_id, [g["name"] for g in result.gates if not g["passed"]])
     write_result(paths(root, params).package_result(target.name), result.to_dict())

@@ -12,7 +12,7 @@ from pipeline import plots, replay
 from pipeline.nas.space_fit import resolve_space
 from pipeline.paths import paths
 from pipeline.ssl.train import pretrain
-from pipeline.stages.common import check_dataset, provenance
+from pipeline.stages.common import check_dataset, data_dir, provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
 
 
@@ -57,18 +57,18 @@ def run_pretrain(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                  overrides: dict[str, Any] | None = None) -> PretrainStageResult:
     p = params["pretrain"]
     out_dir = paths(root, params).pretrain_dir()
-    check_dataset(dataset)
+    check_dataset(dataset, root)
     with replay.recording("pretrain") as journal, \
             tracker.run("pretrain", {"dataset_version": dataset["version"], **(tags or {})}) as run:
         import mlflow
 
-        fit = resolve_space(params, root, Path(dataset["tracked_dir"]))
+        fit = resolve_space(params, root, data_dir(dataset, root))
         params = {**params, "space": fit.space}
         mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"} | {"arch": params["space"]})
         log_json(fit.to_dict(), "space_fit.json")
         if fit.fastest_ms is not None:
             mlflow.log_metrics({"space.fastest_ms": fit.fastest_ms, "space.largest_ms": fit.largest_ms})
-        res = pretrain(Path(dataset["tracked_dir"]), out_dir, params, resume=resume,
+        res = pretrain(data_dir(dataset, root), out_dir, params, resume=resume,
                        meta=provenance(dataset, tags), overrides=replay.steps_override("pretrain", overrides))
         replay.record_steps("pretrain", res.train.totals)
         replay.write_sidecar(res.weights, replay.chain(None, journal))
@@ -81,5 +81,6 @@ def run_pretrain(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                                "reconstructions.png")
         log_file(res.weights, "checkpoint")
         run_id = run.info.run_id
-    return PretrainStageResult(str(res.weights), dataset["version"], res.train.steps, res.train.history[-1],
-                               res.train.images_per_s, run_id, curve_uri, recon_uri, fit.space, fit.to_dict())
+    return PretrainStageResult(paths(root, params).rel(res.weights), dataset["version"], res.train.steps,
+                               res.train.history[-1], res.train.images_per_s, run_id, curve_uri, recon_uri, fit.space,
+                               fit.to_dict())

@@ -18,7 +18,7 @@ from pipeline.nas.search import SearchSettings, choose, evolutionary_search, wit
 from pipeline.nas.supernet_train import evaluate, load_supernet
 from pipeline.params import resolve
 from pipeline.paths import paths, write_result
-from pipeline.stages.common import check_dataset, mark_failed
+from pipeline.stages.common import check_dataset, data_dir, mark_failed
 from pipeline.targets import Target, TargetError, list_targets, load_target
 from pipeline.tracking import Tracker, log_figure, log_json
 
@@ -103,7 +103,7 @@ def run_search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: di
     shared by the brief fine-tunes of the top candidates (else ``search.rerank_steps`` each)."""
     with replay.recording("search") as journal:
         result = _search(root, params, tracker, dataset, supernet_weights, target_name, tags, time_budget_s)
-        result.replay = replay.chain(replay.read_sidecar(Path(supernet_weights)), journal)
+        result.replay = replay.chain(replay.read_sidecar(resolve(supernet_weights, root)), journal)
     out = paths(root, params).search_result(result.target)
     if result.passed:
         write_result(out, result.to_dict())
@@ -117,10 +117,10 @@ def _search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[
             target_name: str, tags: dict[str, str] | None, time_budget_s: float | None) -> SearchStageResult:
     started = time.perf_counter()
     target, target_path = resolve_target(root, params, target_name)
-    check_dataset(dataset)  # the folder still holds the version it claims
+    check_dataset(dataset, root)  # the folder still holds the version it claims
     lp, sp = params["latency"], params["search"]
     mean, std = params["model"]["mean"], params["model"]["std"]
-    net, _ = load_supernet(Path(supernet_weights))
+    net, _ = load_supernet(resolve(supernet_weights, root))
     space = net.space
 
     robust = {k: lp[k] for k in ROBUST_KEYS}  # the project's params, not the package's defaults
@@ -135,7 +135,7 @@ def _search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[
         model_path, space, target, target_path, n_fit=lp["n_fit"], n_holdout=lp["n_holdout"], warmup=lp["warmup"],
         runs=lp["runs"], seed=params["seed"], mean=mean, std=std, max_mape=lp["max_mape"], confirm=lp["confirm"],
         **robust), encode=asdict, decode=replayed_model)
-    images, y_val = load_split(Path(dataset["tracked_dir"]), "val", space.largest().img_size)
+    images, y_val = load_split(data_dir(dataset, root), "val", space.largest().img_size)
     x_val = normalize(images, mean, std)
 
     def measure(arch: Arch) -> float:
@@ -166,7 +166,7 @@ def _search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[
             left = time_budget_s - (time.perf_counter() - started)
             overrides = {"time_budget_s": max(left, 0.0) / n}
         with tempfile.TemporaryDirectory(prefix="vitforge-rerank-") as tmp:
-            res = finetune(Path(dataset["tracked_dir"]), Path(tmp), params, Path(supernet_weights), arch,
+            res = finetune(data_dir(dataset, root), Path(tmp), params, resolve(supernet_weights, root), arch,
                            overrides=replay.steps_override(f"rerank:{arch.short()}", overrides),
                            train_on_val=False)
         replay.record_steps(f"rerank:{arch.short()}", res.train.totals)
@@ -224,7 +224,8 @@ def _search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[
         target.latency_budget_ms,
         latency.mape, latency.max_error, latency.noise, latency.passed, latency.verdict, largest.to_dict(),
         largest_top1, largest_ms, len(evaluated), fr, tried,
-        str(paths(root, params).latency_model(target.name)), supernet_weights, dataset["version"], run_id,
+        paths(root, params).rel(paths(root, params).latency_model(target.name)),
+        paths(root, params).rel(resolve(supernet_weights, root)), dataset["version"], run_id,
         pareto_uri, scatter_uri, {})
     return result
 

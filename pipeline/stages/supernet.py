@@ -11,8 +11,9 @@ from pipeline import plots, replay
 from pipeline.errors import MissingStageError, ParamsError
 from pipeline.nas.space_fit import resolve_space
 from pipeline.nas.supernet_train import read_weights, train_supernet
+from pipeline.params import resolve
 from pipeline.paths import paths
-from pipeline.stages.common import check_dataset, provenance
+from pipeline.stages.common import check_dataset, data_dir, provenance
 from pipeline.tracking import Tracker, log_figure, log_file, log_history, log_json
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def backbone_to_start_from(root: Path, params: dict[str, Any], backbone: str | N
         if backbone:
             log.info("supernet.init is random: not starting from %s", backbone)
         return None
-    path = Path(backbone) if backbone else paths(root, params).backbone()
+    path = resolve(backbone, root) if backbone else paths(root, params).backbone()
     if not path.is_file():
         raise MissingStageError(f"{path}: no MAE backbone to start the supernet from; run `vitforge stage "
                                 "pretrain` first, or set supernet.init: random in params.yaml to start from "
@@ -62,16 +63,17 @@ def run_supernet(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
     p = params["supernet"]
     out_dir = paths(root, params).supernet_dir()
     start = backbone_to_start_from(root, params, backbone)
-    check_dataset(dataset)
+    check_dataset(dataset, root)
     with replay.recording("supernet") as journal, \
             tracker.run("supernet", {"dataset_version": dataset["version"], **(tags or {})}) as run:
         import mlflow
 
         upstream = read_weights(start, "MAE backbone")[1].get("space") if start else None
-        params = {**params, "space": resolve_space(params, root, Path(dataset["tracked_dir"]), upstream).space}
+        params = {**params, "space": resolve_space(params, root, data_dir(dataset, root), upstream).space}
         mlflow.log_params({k: v for k, v in p.items() if k != "out_dir"}
-                          | {"backbone": str(start) if start else "random init", "space": params["space"]})
-        res = train_supernet(Path(dataset["tracked_dir"]), out_dir, params, backbone=start, resume=resume,
+                          | {"backbone": paths(root, params).rel(start) if start else "random init",
+                             "space": params["space"]})
+        res = train_supernet(data_dir(dataset, root), out_dir, params, backbone=start, resume=resume,
                              meta=provenance(dataset, tags), overrides=replay.steps_override("supernet", overrides))
         replay.record_steps("supernet", res.train.totals)
         replay.write_sidecar(res.weights, replay.chain(replay.read_sidecar(start), journal))
@@ -87,5 +89,5 @@ def run_supernet(root: Path, params: dict[str, Any], tracker: Tracker, dataset: 
                               "val_top1.png")
         log_file(res.weights, "checkpoint")
         run_id = run.info.run_id
-    return SupernetStageResult(str(res.weights), dataset["version"], res.train.steps, res.val_top1, res.archs,
-                               run_id, curve_uri, top1_uri)
+    return SupernetStageResult(paths(root, params).rel(res.weights), dataset["version"], res.train.steps,
+                               res.val_top1, res.archs, run_id, curve_uri, top1_uri)
