@@ -7,11 +7,17 @@ with the same metadata, and its checks, per target partition. They go to the pro
 the UI shows every asset materialized and checked, and a new target is one click: only ``architecture``,
 ``model`` and ``edge_package`` run for it, reading the dataset and supernet the CLI made.
 A stage whose gate failed records its failed checks and no materialization, as the asset would.
+
+Each call records its checks under a run id of its own (``cli-<uuid>``), as a Dagster run would: Dagster keeps
+one row per (check, run id, partition), so checks reported run-less (run id ``""``) could be recorded only once
+per target partition, and a stage run again from the CLI (a second ``vitforge demo``, a ``dvc repro`` after a
+param change) would fail on the instance's unique index.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 
 from dagster import (
@@ -19,6 +25,8 @@ from dagster import (
     AssetCheckResult,
     AssetKey,
     AssetMaterialization,
+    DagsterEvent,
+    DagsterEventType,
     DagsterInstance,
     FilesystemIOManager,
     Output,
@@ -27,6 +35,8 @@ from dagster import (
 )
 
 from assets.partitions import targets_partitions
+
+CLI_JOB_NAME = "vitforge_cli"  # the job name the CLI's check evaluations carry (no such job runs)
 
 
 def dagster_home(root: Path) -> Path:
@@ -65,7 +75,10 @@ def record(root: Path, asset: str, output: Output | None, checks: list[AssetChec
                 logging.disable(logging.NOTSET)
             instance.report_runless_asset_event(AssetMaterialization(asset_key=key, partition=partition,
                                                                      metadata=output.metadata))
+        run_id = f"cli-{uuid.uuid4()}"
         for check in checks:
-            instance.report_runless_asset_event(AssetCheckEvaluation(
-                asset_key=key, check_name=check.check_name, passed=check.passed, metadata=check.metadata or {},
-                partition=partition, blocking=True))
+            evaluation = AssetCheckEvaluation(asset_key=key, check_name=check.check_name, passed=check.passed,
+                                              metadata=check.metadata or {}, partition=partition, blocking=True)
+            instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION.value,
+                                                       event_specific_data=evaluation, job_name=CLI_JOB_NAME),
+                                          run_id=run_id)

@@ -17,13 +17,12 @@ def cmd_targets_list(args: argparse.Namespace) -> int:
     """
     import tempfile
 
+    from pipeline.data.manifest import MANIFEST_NAME
     from pipeline.models.supernet import SearchSpace
     from pipeline.nas.latency_model import ROBUST_KEYS, measure_arch
     from pipeline.nas.space_fit import concrete, needs_fit, resolve_space
     from pipeline.params import resolve
     from pipeline.targets import TargetError, list_targets, load_target
-
-    from pipeline.data.manifest import MANIFEST_NAME
 
     params = load_params(args.root)
     space = None

@@ -17,12 +17,13 @@ def test_pretrained_backbone_and_supernet_assets(tiny_project, digits_dataset):
     res = resources(tiny_project)
     ctx = build_asset_context()
     pre = pretrained_backbone(context=ctx, config=PretrainConfig(epochs=1), dataset=dataset, **res)
-    assert Path(pre.value["weights"]).is_file()
+    assert not Path(pre.value["weights"]).is_absolute()  # recorded relative to the project root
+    assert (tiny_project / pre.value["weights"]).is_file()
     run_id = pre.metadata["mlflow_run_id"].value
     for plot in ("reconstructions", "loss_curve"):  # inline, as the MLflow UI serves the run's PNG
         assert f"get-artifact?path={plot}.png&run_uuid={run_id}" in pre.metadata[plot].value
         assert (Path(mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")) / f"{plot}.png").is_file()
-    _, meta = load_weights(Path(pre.value["weights"]))
+    _, meta = load_weights(tiny_project / pre.value["weights"])
     assert meta["dataset_version"] == "test.dir" and meta["git_sha"] and "dagster_run_id" in meta
 
     sup = supernet(context=build_asset_context(), config=SupernetConfig(epochs=1), dataset=dataset,
@@ -58,6 +59,6 @@ def test_a_materialization_trains_what_the_cli_trains(tmp_path, digits_dir):
                           run_config={"ops": {"dataset": {"config": {"data": str(digits_dir)}}}})
     assert out.success
     cli_state, cli_meta = load_weights(roots["cli"] / "runs" / "pretrain" / "backbone.safetensors")
-    dag_state, dag_meta = load_weights(Path(out.output_for_node("pretrained_backbone")["weights"]))
+    dag_state, dag_meta = load_weights(roots["dagster"] / out.output_for_node("pretrained_backbone")["weights"])
     assert cli_meta["dataset_version"] == dag_meta["dataset_version"]
     assert weights_sha256(cli_state) == weights_sha256(dag_state)

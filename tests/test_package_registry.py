@@ -56,11 +56,11 @@ def constant_head_weights(shipped, out: Path) -> Path:
 
 
 def versions(shipped) -> list:
-    root, _, _ = shipped
+    root, data, _ = shipped
     params = load_params(root)
     mlflow.set_tracking_uri(Tracker.from_params(params, root).tracking_uri)
     try:
-        return mlflow.MlflowClient().search_model_versions(f"name='{model_name(root, params)}'")
+        return mlflow.MlflowClient().search_model_versions(f"name='{model_name(root, params, data)}'")
     except mlflow.exceptions.MlflowException:
         return []
 
@@ -72,6 +72,8 @@ def test_fp32_package_parity_tags_alias_and_load_back(shipped):
     assert par["max_abs_diff"] < 1e-4 and par["top1_agreement"] == 1.0
     assert par["engine_test_top1"] == pytest.approx(par["torch_test_top1"])
     folder = res.package["folder"]
+    assert folder == "runs/package/cpu-ort-fp32"  # recorded relative to the project root
+    folder = shipped[0] / folder
     files = json.loads(open(f"{folder}/package.json").read())
     assert set(files["files_sha256"]) >= {"model.onnx", "weights.safetensors", "label_map.json", "probe.npz"}
     probe = np.load(f"{folder}/probe.npz")
@@ -116,7 +118,7 @@ def test_fp32_package_parity_tags_alias_and_load_back(shipped):
 
 def test_int8_package_is_quantized_passes_its_gate_and_registers(shipped):
     res = package(shipped, "cpu-ort-int8")
-    graph = onnx.load(res.package["onnx"]).graph
+    graph = onnx.load(shipped[0] / res.package["onnx"]).graph
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)
     assert gate(res, "check_edge_package_parity")["passed"], gate(res, "check_edge_package_parity")
     assert res.package["parity"]["max_abs_diff"] > 1e-4  # far outside fp32's limit: judged on accuracy instead

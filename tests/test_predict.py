@@ -10,7 +10,7 @@ from conftest import edge_target
 
 from pipeline.cli import main
 from pipeline.params import load_params
-from pipeline.registry.mlflow_registry import register_package
+from pipeline.registry.mlflow_registry import alias, register_package
 from pipeline.tracking import Tracker
 
 
@@ -65,3 +65,22 @@ def test_an_image_that_does_not_decode_is_one_line(project, learned, tmp_path, c
     bad.write_bytes(b"not a png")
     assert main(["--root", str(project), "predict", str(bad), "--package", str(learned.folder)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {bad}: cannot be read as an image")
+
+
+def test_predict_over_the_test_folder_reproduces_the_registered_versions_test_top1(shipped, capsys):
+    """The acceptance line: a version registered by the package stage (its ``test_top1`` tag the engine's, on
+    the dataset version's test split); `vitforge predict` over that folder's test split, through the registry."""
+    from test_package_registry import package
+
+    root, data, _ = shipped
+    res = package(shipped, "cpu-ort-fp32")
+    assert res.registered_version is not None
+    import mlflow
+
+    mv = mlflow.MlflowClient().get_model_version(res.registered_model, res.registered_version)
+    assert main(["--root", str(root), "predict", str(data), "--split", "test", "--model",
+                 f"{res.registered_model}@{alias('candidate', 'cpu-ort-fp32')}", "--csv", str(root / "t.csv")]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {res.registered_model} version {res.registered_version}" in out
+    top1 = float(out.split("top-1 ")[1].split()[0])
+    assert abs(top1 - float(mv.tags["test_top1"])) <= 0.005, (top1, mv.tags["test_top1"])

@@ -125,7 +125,8 @@ def test_prod_deployment_across_machines(services, tmp_path, digits_dir, monkeyp
             assert any("supernet" in m and "runs/supernet/supernet.safetensors" in m for m in rep["fetched"])
             assert any("data/dataset" in m and "restored ['data/dataset']" in m for m in rep["fetched"])
             arch = rep["outputs"]["architecture"]
-            assert arch["supernet_weights"].startswith(str(roots[target].resolve()) + "/")  # its own disk
+            assert arch["supernet_weights"] == "runs/supernet/supernet.safetensors"  # relative to the root
+            assert (roots[target] / arch["supernet_weights"]).is_file()  # fetched onto its own disk
             assert all(rep["checks"].values()), rep["checks"]
 
         # ---- the bucket: every file an output names, the DVC objects, MLflow's artifacts -----------------------
@@ -251,6 +252,8 @@ def test_installed_package_needs_a_project_root(monkeypatch, tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     assert params.project_root() == tmp_path.resolve()
     monkeypatch.delenv("VITFORGE_ROOT")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no project around the current directory either
     monkeypatch.setattr(params, "PACKAGE_ROOT", tmp_path / "site-packages")  # as installed: no params.yaml
     with pytest.raises(ParamsError, match="set VITFORGE_ROOT"):
         params.project_root()
