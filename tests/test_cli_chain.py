@@ -40,15 +40,15 @@ def test_run_splits_its_time_budget_and_ends_registered(tmp_path, digits_few):
         return subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(tiny_project), *argv],
                               cwd=tiny_project, env=env, capture_output=True, text=True, check=False, timeout=600)
 
-    proc = cli("run", "--data", str(digits_few), "--target", "box", "--time-budget", "25s")
+    proc = cli("run", "--data", str(digits_few), "--target", "box", "--time-budget", "15s")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for stage in ("pretrain", "supernet", "search box", "finetune box"):
         assert f"== {stage} (time budget " in out
     assert "registered vitforge-digits version 1 as candidate-box" in out
-    spent = next(line for line in out.splitlines() if "(budget 25 s for the training stages)" in line)
+    spent = next(line for line in out.splitlines() if "(budget 15 s for the training stages)" in line)
     seconds = [float(w) for w in spent.split() if w.replace(".", "").isdigit()][:4]
-    assert sum(seconds) < 25 * 1.5, spent  # the training stages kept (close) to the budget
+    assert sum(seconds) < 15 * 1.5, spent  # the training stages kept (close) to the budget
     search = json.loads((tiny_project / "runs" / "search" / "box.json").read_text())
     assert search["finetuned_val_top1"] is not None  # the pick was made on brief fine-tunes
     assert sum("finetuned_top1" in r for r in search["tried"]) == 2
