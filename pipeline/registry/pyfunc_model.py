@@ -33,7 +33,9 @@ class EdgeClassifier(PythonModel):
             label_map = json.load(f)
         self.labels = [label_map[str(i)] for i in range(len(label_map))]
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # np.ndarray: a hint MLflow takes as "no schema from the hint" (the logged signature holds it), so loading a
+    # version prints no warning about missing type hints
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         images = np.asarray(model_input, dtype=np.uint8)
         if images.ndim == 3:  # one image
             images = images[None]
