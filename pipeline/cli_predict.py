@@ -6,6 +6,20 @@ import argparse
 from pathlib import Path
 
 
+def default_model(root: Path, params: dict) -> str:
+    """The registered model ``--model`` defaults to: params.yaml's, else the one named for this project's dataset
+    version (a clone that never pulled the data has none to name it by)."""
+    from pipeline.data.errors import DatasetError
+    from pipeline.errors import InputError
+    from pipeline.stages.common import model_name
+
+    try:
+        return model_name(root, params)
+    except DatasetError:
+        raise InputError("no --model given, and no dataset version in this project to name the registered model "
+                         "by: give --model NAME@ALIAS (or --package DIR), or set registry.model_name") from None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline.params import load_params
     from pipeline.predict import collect, open_package, predict, registered_package, write_csv
@@ -17,10 +31,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from pipeline.rebuild import parse_ref
         from pipeline.tracking import Tracker
 
+        ref = args.model or f"{default_model(args.root, params)}@candidate-{params['demo']['target']}"
         Tracker.from_params(params, args.root).connect()
-        from pipeline.stages.common import model_name
-
-        ref = args.model or f"{model_name(args.root, params)}@candidate-{params['demo']['target']}"
         pkg = registered_package(*parse_ref(ref))
     files = collect([Path(p).resolve() for p in args.images], args.split)
     preds = predict(pkg, files, top_k=args.top_k)

@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 -m pipeline.cli_train --exchange DIR
 
-Started by ``pipeline.training.launch`` when a stage's ``nproc`` is above 1, not by hand: ``DIR/request.json``
+Started by ``pipeline.launch.launch`` when a stage's ``nproc`` is above 1, not by hand: ``DIR/request.json``
 holds the training function's arguments. Every rank runs the same function (DDP averages the gradients);
 rank 0 writes the weights, the checkpoint and ``DIR/result.json``, which the stage reads back and logs to
 MLflow itself. The first rank to fail records its error in ``DIR/error.json`` for the stage to raise.

@@ -8,6 +8,7 @@ at its own files.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,14 @@ class Paths:
     def rel(self, path: Path | str) -> str:
         """``path`` relative to the project root when it lies inside it (as a stage records it)."""
         p = Path(path)
-        try:
-            return p.resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return str(p)
+        # lexically first: a folder under the root that is a symlink elsewhere (``runs -> /scratch/runs``, DVC's
+        # symlinked cache) is still recorded under the root, so a copy of the project reads its own
+        lexical = Path(os.path.normpath(p if p.is_absolute() else self.root.absolute() / p))
+        for candidate, root in ((lexical, Path(os.path.normpath(self.root.absolute()))),
+                                (p.resolve(), self.root.resolve())):
+            if candidate.is_relative_to(root):
+                return candidate.relative_to(root).as_posix()
+        return str(p)
 
     def dataset(self) -> Path:
         return self._dir("dataset", "tracked_dir")

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pipeline.errors import InputError
 from pipeline.params import ENV_SET, apply_overrides, load_params
 from pipeline.paths import paths
@@ -196,7 +198,10 @@ def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = F
         if not (wt_root / "params.yaml").is_file():
             raise RebuildError(f"commit {sha[:12]} has no params.yaml at {wt_root.relative_to(wt)}")
         sets = json.loads(tags.get("params_set") or "{}")  # the `--set` overrides the version was built with
-        wt_params = apply_overrides(load_params(wt_root), sets, "params.yaml") if sets else load_params(wt_root)
+        # that commit's params.yaml as that commit's code reads it: not held to this version's schema (a key
+        # added since would make every older version unbuildable); its own code validates it in the worktree
+        raw = yaml.safe_load((wt_root / "params.yaml").read_text(encoding="utf-8"))
+        wt_params = apply_overrides(raw, sets, "params.yaml", validate=False) if sets else raw
         if params_hash(wt_params) != tags["params_hash"]:
             raise RebuildError(f"params.yaml at commit {sha[:12]} hashes to {params_hash(wt_params)}, but version "
                                f"{mv.version} records params_hash {tags['params_hash']}: it was built with params "

@@ -62,6 +62,9 @@ def relocate_store(db: Path, old: str, new: str) -> int:
     return changed
 
 
+PROJECT_TAG = "vitforge.project_root"  # on a local store's experiment: the root (file URI) its locations are under
+
+
 def is_server(uri: str) -> bool:
     """A tracking server (which owns the artifact store), not a store this process writes itself."""
     return uri.startswith(("http://", "https://"))
@@ -83,25 +86,34 @@ class Tracker:
         experiment = os.environ.get(ENV_EXPERIMENT) or m["experiment"]
         return cls(absolute_tracking_uri(uri, root), experiment, resolve(m["artifact_root"], root), Path(root))
 
-    def _relocate(self, location: str) -> str:
-        """``location`` (the experiment's) when it lies in this project; else, for this project's own SQLite
-        store found pointing into another folder (a copied or moved project), the store rewritten to this root
-        and the experiment's new location."""
+    def _relocate(self, exp: Any) -> None:
+        """For this project's own SQLite store found pointing into another folder (the project was copied or
+        moved): rewrite the store's artifact locations to this root. The folder the store was made in is the
+        experiment's ``vitforge.project_root`` tag; a store from before the tag is judged by its location, which
+        must end in this project's artifact root. An artifact root that params.yaml moved is not a copy: the tag
+        still names this root, and nothing is rewritten."""
+        import mlflow
+
         prefix = "sqlite:///"
-        if self.root is None or not self.tracking_uri.startswith(prefix) or not location.startswith("file://"):
-            return location
+        if self.root is None or not self.tracking_uri.startswith(prefix):
+            return
         root, db = self.root.resolve(), Path(self.tracking_uri[len(prefix):])
         mine = self.artifact_root.resolve()
         if not db.resolve().is_relative_to(root) or not mine.is_relative_to(root):
-            return location  # a store or artifact root outside the project: shared on purpose, left alone
-        tail = "/" + mine.relative_to(root).as_posix()
-        old_root = location.rstrip("/").removesuffix(tail) if location.rstrip("/").endswith(tail) else None
-        if old_root is None or old_root == root.as_uri():
-            return location  # this project's own, or an artifact root params.yaml moved on purpose
-        n = relocate_store(db, old_root + "/", root.as_uri() + "/")
-        log.warning("MLflow store %s held artifact locations under %s (a copy of that project): %d moved to %s",
-                    db, old_root, n, root)
-        return root.as_uri() + tail
+            return  # a store or artifact root outside the project: shared on purpose, left alone
+        here = root.as_uri()
+        made_in = exp.tags.get(PROJECT_TAG)
+        if made_in is None:
+            location, tail = exp.artifact_location.rstrip("/"), "/" + mine.relative_to(root).as_posix()
+            if not location.startswith("file://") or not location.endswith(tail):
+                return  # not this project's layout: an artifact root params.yaml moved on purpose
+            made_in = location.removesuffix(tail)
+        if made_in != here:
+            n = relocate_store(db, made_in + "/", here + "/")
+            log.warning("MLflow store %s held artifact locations under %s (a copy of that project): %d moved to %s",
+                        db, made_in, n, root)
+        if exp.tags.get(PROJECT_TAG) != here:
+            mlflow.MlflowClient(self.tracking_uri).set_experiment_tag(exp.experiment_id, PROJECT_TAG, here)
 
     def connect(self) -> None:
         """Point MLflow at this store (for registry reads outside a stage run), relocating a copied project's."""
@@ -110,7 +122,7 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is not None:
-            self._relocate(exp.artifact_location)
+            self._relocate(exp)
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
@@ -120,14 +132,16 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is not None:
-            self._relocate(exp.artifact_location)
+            self._relocate(exp)
             return exp.experiment_id
-        location = None
+        location, tags = None, {}
         if not is_server(self.tracking_uri):  # a server's artifacts go where the server says
             self.artifact_root.mkdir(parents=True, exist_ok=True)
             location = self.artifact_root.resolve().as_uri()
+            if self.root is not None:
+                tags[PROJECT_TAG] = self.root.resolve().as_uri()
         try:
-            return mlflow.create_experiment(self.experiment, artifact_location=location)
+            return mlflow.create_experiment(self.experiment, artifact_location=location, tags=tags or None)
         except MlflowException as err:  # another run created it meanwhile (runs on other machines)
             exp = mlflow.get_experiment_by_name(self.experiment)
             if err.error_code != "RESOURCE_ALREADY_EXISTS" or exp is None:

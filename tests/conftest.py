@@ -21,10 +21,11 @@ def png(path: Path, seed: int = 0, size: int = 16) -> Path:
     return path
 
 
-def make_imagefolder(root: Path, classes=("ants", "bees"), per_class: int = 4) -> Path:
+def make_imagefolder(root: Path, classes=("ants", "bees"), per_class: int = 4, first_seed: int = 0) -> Path:
+    """Random-pixel PNGs, each class its own seeds; another ``first_seed`` gives other images."""
     for c, name in enumerate(classes):
         for i in range(per_class):
-            png(root / name / f"{name}_{i}.png", seed=c * 100 + i)
+            png(root / name / f"{name}_{i}.png", seed=first_seed + c * 100 + i)
     return root
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import TINY, clone_code, clone_env, commit_all, set_params
 
 from pipeline.weights import load_weights
@@ -107,7 +108,12 @@ def test_run_splits_its_time_budget_and_ends_registered(tmp_path, digits_few):
         next(iter(sorted(label.iterdir()))).unlink()  # a scan fewer of each digit
     assert cli("stage", "dataset", "--data", str(moved)).returncode == 0
     set_params(tiny_project, finetune__lr=1.0e-3)
-    commit_all(tiny_project, "new data, new lr")
+    # and the code grew a parameter: this checkout's params.yaml (the schema of the code that runs the rebuild)
+    # has a key the recorded commit's lacks; that commit's params are read as that commit's code reads them
+    grown = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    grown["dataset"]["added_since"] = True
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(grown, sort_keys=False))
+    commit_all(tiny_project, "new data, new lr, a new key")
     before = {f: (tiny_project / f).read_bytes() for f in ("params.yaml", "data/dataset.dvc",
                                                            "runs/finetune/box/model.safetensors")}
     head = subprocess.run(["git", "-C", str(tiny_project), "rev-parse", "HEAD"], capture_output=True, text=True,

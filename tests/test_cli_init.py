@@ -42,7 +42,7 @@ def test_a_pre_split_folder_keeps_its_split_and_names_the_model(tmp_path, monkey
     assert main(["init", str(proj)]) == 0
     data = tmp_path / "ants-and-bees"
     make_imagefolder(data / "train", per_class=12)
-    make_imagefolder(data / "val", per_class=3, classes=("ants", "bees"))
+    make_imagefolder(data / "val", per_class=3, classes=("ants", "bees"), first_seed=1000)  # other images
     monkeypatch.chdir(tmp_path)  # --data from the current directory, not the root
     capsys.readouterr()
     assert main(["--root", str(proj), "stage", "dataset", "--data", "ants-and-bees"]) == 0

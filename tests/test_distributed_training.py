@@ -20,11 +20,12 @@ from conftest import TINY, make_project, set_params
 
 from pipeline.errors import InputError, ParamsError
 from pipeline.finetune.train import finetune
+from pipeline.launch import WorkerError, processes
 from pipeline.models.supernet import SearchSpace
 from pipeline.nas.supernet_train import train_supernet
 from pipeline.stages.supernet import run_supernet
 from pipeline.tracking import Tracker
-from pipeline.training import WorkerError, load_checkpoint, processes
+from pipeline.training import load_checkpoint
 from pipeline.weights import load_weights
 
 STEPS = 6

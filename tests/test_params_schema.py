@@ -75,3 +75,16 @@ def test_a_bad_set_is_one_line_and_exit_2(project, capsys, item, message):
     assert main(["--root", str(project), "stage", "pretrain", "--set", item]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("value", [7, "", ["a"]])
+def test_a_model_name_that_is_no_name_is_one_line(project, tmp_path, value):
+    from pipeline.errors import ParamsError
+    from pipeline.params import load_params
+    from pipeline.stages.common import model_name
+
+    params = load_params(project)
+    params = {**params, "registry": {**params["registry"], "model_name": value}}
+    with pytest.raises(ParamsError, match=r"registry.model_name: expected a name \(a string\) or null"):
+        model_name(project, params)
+    assert model_name(project, {**params, "registry": {**params["registry"], "model_name": "mine"}}) == "mine"

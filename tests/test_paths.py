@@ -41,6 +41,18 @@ def test_rel_is_relative_inside_the_root_and_absolute_outside(tmp_path):
     assert p.rel("/elsewhere/x.json") == "/elsewhere/x.json"
 
 
+def test_rel_keeps_a_symlinked_run_folder_under_the_root(tmp_path):
+    """``runs -> /scratch/runs``: what a stage writes there is still recorded as ``runs/...``, so a copy of the
+    project (which copies the link, or its target) reads its own files, not the original's absolute path."""
+    root, scratch = tmp_path / "project", tmp_path / "scratch"
+    root.mkdir()
+    (scratch / "runs" / "supernet").mkdir(parents=True)
+    (root / "runs").symlink_to(scratch / "runs")
+    p = paths(root, load_params(PACKAGE_ROOT))
+    assert p.rel(p.supernet()) == "runs/supernet/supernet.safetensors"
+    assert p.rel(scratch / "elsewhere.txt") == str(scratch / "elsewhere.txt")  # outside: absolute, as given
+
+
 def test_dvc_targets_file_is_current_with_the_target_files(tmp_path):
     """dvc.yaml iterates over infra/dvc-targets.yaml; it must list exactly the ONNX Runtime target files, and
     `vitforge targets sync` must add a new one."""

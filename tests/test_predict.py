@@ -84,3 +84,13 @@ def test_predict_over_the_test_folder_reproduces_the_registered_versions_test_to
     assert f"model: {res.registered_model} version {res.registered_version}" in out
     top1 = float(out.split("top-1 ")[1].split()[0])
     assert abs(top1 - float(mv.tags["test_top1"])) <= 0.005, (top1, mv.tags["test_top1"])
+
+
+def test_no_model_and_no_dataset_to_name_one_is_one_line(project, tmp_path, capsys):
+    """A clone that never pulled its data: nothing names the registered model, and the line says what to give."""
+    from conftest import png
+
+    img = png(tmp_path / "one.png")
+    assert main(["--root", str(project), "predict", str(img)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no --model given") and "--model NAME@ALIAS" in err and len(err.splitlines()) == 1

@@ -95,8 +95,8 @@ def test_split_is_the_same_in_processes_with_other_hash_seeds(tmp_path):
 def presplit(root, **per_split):
     from conftest import make_imagefolder
 
-    for split, n in per_split.items():
-        make_imagefolder(root / split, per_class=n)
+    for k, (split, n) in enumerate(per_split.items()):
+        make_imagefolder(root / split, per_class=n, first_seed=1000 * k)  # other images in each folder
     return read_dataset(root)
 
 
@@ -126,6 +126,37 @@ def test_resplit_merges_the_folders_and_splits_by_hash(tmp_path):
     val_from_train = [f for f in manifest.files if f["path"].startswith("train/") and f["split"] == "val"]
     train_from_val = [f for f in manifest.files if f["path"].startswith("val/") and f["split"] == "train"]
     assert val_from_train and train_from_val
+
+
+def test_a_train_copy_of_a_shipped_val_image_goes_to_val_not_into_training(tmp_path):
+    import shutil
+
+    root = tmp_path / "set"
+    presplit(root, train=20, val=4)
+    shutil.copy(root / "val" / "bees" / "bees_1.png", root / "train" / "bees" / "copy_of_val.png")
+    manifest = build_manifest(read_dataset(root), 0.2, 0.2)
+    split = {f["path"]: f["split"] for f in manifest.files}
+    assert split["train/bees/copy_of_val.png"] == "val"
+    assert all(split[p] == "val" for p in split if p.startswith("val/"))  # the shipped split, kept
+    by_sha = {}
+    for f in manifest.files:
+        by_sha.setdefault(f["sha256"], set()).add(f["split"])
+    assert all(len(s) == 1 for s in by_sha.values())  # no image on two sides
+
+
+def test_a_class_with_no_training_images_is_refused_unless_resplit(tmp_path):
+    from conftest import make_imagefolder
+
+    from pipeline.data.errors import DatasetError
+
+    root = tmp_path / "set"
+    make_imagefolder(root / "train", classes=("ants", "bees"), per_class=6)
+    make_imagefolder(root / "val", classes=("ants", "bees", "wasps"), per_class=3, first_seed=5000)
+    raw = read_dataset(root)
+    with pytest.raises(DatasetError, match="no training images of class wasps") as err:
+        build_manifest(raw, 0.2, 0.2)
+    assert str(root / "train") in str(err.value) and "--resplit" in str(err.value)
+    assert build_manifest(raw, 0.2, 0.2, resplit=True).counts()["train"] > 0
 
 
 def test_a_pre_split_layout_needs_a_train_folder(tmp_path):

@@ -94,13 +94,25 @@ def build_manifest(raw: RawDataset, val_fraction: float, test_fraction: float,
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"bad split fractions: val={val_fraction}, test={test_fraction} (each in [0, 1), sum < 1)")
     given = [] if resplit else sorted({s.split for s in raw.samples if s.split}, key=SPLITS.index)
+    if given:
+        trained = {s.label for s in raw.samples if s.split == "train"}
+        missing = [name for label, name in enumerate(raw.classes) if label not in trained]
+        if missing:
+            raise DatasetError(raw.root / "train", f"no training images of class {', '.join(missing)} (it is only "
+                               "in the val/test folders); add them to train/, or give --resplit to split all by hash")
     carve = tuple(s for s in ("val", "test") if s not in given)
+    # Identical bytes take one split: a duplicate never sits on both sides of the line. The shipped val/test
+    # files are placed first, so a train/ copy of a val image goes to val with it, not into training.
     by_content: dict[str, str] = {}
+    if given:
+        for s in sorted(raw.samples, key=lambda s: s.path):
+            if s.split != "train":
+                by_content.setdefault(s.sha256, s.split)
     files = []
     for s in sorted(raw.samples, key=lambda s: s.path):
         if given and s.split != "train":
-            split = s.split  # as the set was shipped
-        else:  # identical bytes take the first copy's split: a duplicate never sits on both sides of the line
+            split = by_content[s.sha256]  # as the set was shipped (a copy in val/ and test/: the first's)
+        else:
             split = by_content.setdefault(s.sha256, split_of(s.path, val_fraction, test_fraction, carve))
         entry = {"path": s.path, "label": s.label, "split": split, "sha256": s.sha256,
                  "width": s.width, "height": s.height}

@@ -23,6 +23,7 @@ import torch
 from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split, normalize
 from pipeline.errors import ParamsError
+from pipeline.launch import launch, needs_launch, processes
 from pipeline.models.supernet import Arch, build_vit, extract_subnet
 from pipeline.nas.supernet_train import load_strict, load_supernet, read_weights
 from pipeline.paths import MODEL
@@ -33,9 +34,6 @@ from pipeline.training import (
     TrainResult,
     device,
     is_main,
-    launch,
-    needs_launch,
-    processes,
     seed_everything,
     train,
 )

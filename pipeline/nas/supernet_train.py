@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pipeline.data.manifest import load_manifest
 from pipeline.data.tensors import load_split, normalize
 from pipeline.errors import MissingStageError
+from pipeline.launch import launch, needs_launch, processes
 from pipeline.models.supernet import Arch, SearchSpace, Supernet
 from pipeline.paths import SUPERNET
 from pipeline.recipe import BatchAugment, Recipe
@@ -33,9 +34,6 @@ from pipeline.training import (
     device,
     first_line,
     is_main,
-    launch,
-    needs_launch,
-    processes,
     seed_everything,
     train,
 )

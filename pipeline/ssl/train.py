@@ -16,6 +16,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from pipeline.data.tensors import load_images, normalize
+from pipeline.launch import launch, needs_launch, processes
 from pipeline.models.supernet import SearchSpace
 from pipeline.paths import BACKBONE
 from pipeline.ssl.mae import MAE, MAEConfig
@@ -25,10 +26,7 @@ from pipeline.training import (
     TrainResult,
     device,
     is_main,
-    launch,
     load_checkpoint,
-    needs_launch,
-    processes,
     seed_everything,
     train,
 )

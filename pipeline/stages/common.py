@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.data.errors import DatasetError
 from pipeline.data.versioning import dvc_file, journal_path, verified_version
+from pipeline.errors import ParamsError
 from pipeline.params import git_sha, resolve
 from pipeline.paths import paths
 
@@ -31,8 +32,11 @@ def model_name(root: Path, params: dict[str, Any], dataset_dir: Path | None = No
     dataset stage recorded in the manifest of ``dataset_dir`` (default: the tracked folder)."""
     from pipeline.data.manifest import load_manifest
 
-    if params["registry"]["model_name"]:
-        return params["registry"]["model_name"]
+    name = params["registry"]["model_name"]
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ParamsError(f"params.yaml: registry.model_name: expected a name (a string) or null, got {name!r}")
+    if name:
+        return name
     return f"vitforge-{load_manifest(dataset_dir or paths(root, params).dataset()).name or 'dataset'}"
 
 
