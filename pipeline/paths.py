@@ -34,11 +34,10 @@ class Paths:
         p = Path(path)
         # lexically first: a folder under the root that is a symlink elsewhere (``runs -> /scratch/runs``, DVC's
         # symlinked cache) is still recorded under the root, so a copy of the project reads its own
-        lexical = Path(os.path.normpath(p if p.is_absolute() else self.root.absolute() / p))
-        for candidate, root in ((lexical, Path(os.path.normpath(self.root.absolute()))),
-                                (p.resolve(), self.root.resolve())):
-            if candidate.is_relative_to(root):
-                return candidate.relative_to(root).as_posix()
+        root = Path(os.path.normpath(self.root.absolute()))
+        for candidate, base in ((Path(os.path.normpath(root / p)), root), (p.resolve(), self.root.resolve())):
+            if candidate.is_relative_to(base):
+                return candidate.relative_to(base).as_posix()
         return str(p)
 
     def dataset(self) -> Path:

@@ -101,8 +101,8 @@ class Tracker:
         mine = self.artifact_root.resolve()
         if not db.resolve().is_relative_to(root) or not mine.is_relative_to(root):
             return  # a store or artifact root outside the project: shared on purpose, left alone
-        here = root.as_uri()
-        made_in = exp.tags.get(PROJECT_TAG)
+        here, tagged = root.as_uri(), exp.tags.get(PROJECT_TAG)
+        made_in = tagged
         if made_in is None:
             location, tail = exp.artifact_location.rstrip("/"), "/" + mine.relative_to(root).as_posix()
             if not location.startswith("file://") or not location.endswith(tail):
@@ -112,27 +112,27 @@ class Tracker:
             n = relocate_store(db, made_in + "/", here + "/")
             log.warning("MLflow store %s held artifact locations under %s (a copy of that project): %d moved to %s",
                         db, made_in, n, root)
-        if exp.tags.get(PROJECT_TAG) != here:
+        if tagged != here:
             mlflow.MlflowClient(self.tracking_uri).set_experiment_tag(exp.experiment_id, PROJECT_TAG, here)
 
-    def connect(self) -> None:
-        """Point MLflow at this store (for registry reads outside a stage run), relocating a copied project's."""
+    def connect(self) -> Any:
+        """Point MLflow at this store (for registry reads outside a stage run), relocating a copied project's;
+        the experiment, or None before its first run."""
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is not None:
             self._relocate(exp)
+        return exp
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
 
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        exp = mlflow.get_experiment_by_name(self.experiment)
+        exp = self.connect()
         if exp is not None:
-            self._relocate(exp)
             return exp.experiment_id
         location, tags = None, {}
         if not is_server(self.tracking_uri):  # a server's artifacts go where the server says

@@ -8,6 +8,7 @@ import csv
 import pytest
 from conftest import edge_target
 
+import mlflow
 from pipeline.cli import main
 from pipeline.params import load_params
 from pipeline.registry.mlflow_registry import alias, register_package
@@ -75,8 +76,6 @@ def test_predict_over_the_test_folder_reproduces_the_registered_versions_test_to
     root, data, _ = shipped
     res = package(shipped, "cpu-ort-fp32")
     assert res.registered_version is not None
-    import mlflow
-
     mv = mlflow.MlflowClient().get_model_version(res.registered_model, res.registered_version)
     assert main(["--root", str(root), "predict", str(data), "--split", "test", "--model",
                  f"{res.registered_model}@{alias('candidate', 'cpu-ort-fp32')}", "--csv", str(root / "t.csv")]) == 0

@@ -103,13 +103,14 @@ def build_manifest(raw: RawDataset, val_fraction: float, test_fraction: float,
     carve = tuple(s for s in ("val", "test") if s not in given)
     # Identical bytes take one split: a duplicate never sits on both sides of the line. The shipped val/test
     # files are placed first, so a train/ copy of a val image goes to val with it, not into training.
+    ordered = sorted(raw.samples, key=lambda s: s.path)
     by_content: dict[str, str] = {}
     if given:
-        for s in sorted(raw.samples, key=lambda s: s.path):
+        for s in ordered:
             if s.split != "train":
                 by_content.setdefault(s.sha256, s.split)
     files = []
-    for s in sorted(raw.samples, key=lambda s: s.path):
+    for s in ordered:
         if given and s.split != "train":
             split = by_content[s.sha256]  # as the set was shipped (a copy in val/ and test/: the first's)
         else:
