@@ -1,7 +1,8 @@
 """``vitforge init DIR``: a new project, ready for ``vitforge run --data ... --target ...``.
 
 It writes the packaged params.yaml (every default, with its comments), a targets folder with one example
-target (this machine's CPU through ONNX Runtime), an empty fleets folder, a ``.gitignore`` for what the stages
+target (this machine's CPU through ONNX Runtime), both from ``pipeline/project_template/`` (package data, so a
+wheel install has them too), an empty fleets folder, a ``.gitignore`` for what the stages
 write, a git repository (the package stage registers only from a commit) and a DVC repository whose default
 remote is the local folder params.yaml names. A folder that already holds params.yaml is refused, so nothing
 of an existing project is overwritten.
@@ -39,7 +40,7 @@ class InitError(InputError):
 def init_project(dest: Path) -> list[str]:
     """Create the project at ``dest``; return the files and folders written, relative to it."""
     from pipeline.data.versioning import open_repo
-    from pipeline.params import PACKAGE_ROOT, load_params, resolve
+    from pipeline.params import DEFAULT_PARAMS, TEMPLATE, load_params, resolve
 
     if dest.exists() and not dest.is_dir():
         raise InitError(f"{dest}: exists and is not a folder")
@@ -47,12 +48,12 @@ def init_project(dest: Path) -> list[str]:
         raise InitError(f"{dest}: already a vitforge project (params.yaml is there); nothing was changed")
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    shutil.copyfile(PACKAGE_ROOT / "params.yaml", dest / "params.yaml")
+    shutil.copyfile(DEFAULT_PARAMS, dest / "params.yaml")
     written.append("params.yaml")
     params = load_params(dest)
     targets = resolve(params["targets_dir"], dest)
     targets.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PACKAGE_ROOT / "infra" / "targets" / f"{EXAMPLE_TARGET}.yaml", targets / f"{EXAMPLE_TARGET}.yaml")
+    shutil.copyfile(TEMPLATE / f"{EXAMPLE_TARGET}.yaml", targets / f"{EXAMPLE_TARGET}.yaml")
     written.append(f"{params['targets_dir']}/{EXAMPLE_TARGET}.yaml")
     fleets = resolve(params["fleets_dir"], dest)
     fleets.mkdir(parents=True, exist_ok=True)

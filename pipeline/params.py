@@ -17,6 +17,10 @@ import yaml
 from pipeline.errors import ParamsError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# What a new project starts from, shipped inside the package (a wheel has no checkout around it): in the
+# checkout these are links to the repository's own params.yaml and example target, so no default lives twice.
+TEMPLATE = Path(__file__).resolve().parent / "project_template"
+DEFAULT_PARAMS = TEMPLATE / "params.yaml"
 
 
 def project_root() -> Path:
@@ -103,7 +107,7 @@ def load_params(root: Path | None = None) -> dict[str, Any]:
     CLI's ``--set`` overrides applied (validated by the same schema)."""
     path = (root or project_root()) / "params.yaml"
     if not path.exists():
-        path = PACKAGE_ROOT / "params.yaml"
+        path = DEFAULT_PARAMS
     params = _load(str(path))
     sets = overrides()
     return apply_overrides(params, sets, str(path)) if sets else params
@@ -120,7 +124,7 @@ def section(name: str, root: Path | None = None) -> dict[str, Any]:
 def write_params(root: Path, overrides: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
     """Write ``root/params.yaml``: ``base`` (default: root's own, else the packaged one) with
     ``{"section.key": value}`` overrides applied. For benchmarks and tests; returns the new params."""
-    src = base or (root / "params.yaml" if (root / "params.yaml").exists() else PACKAGE_ROOT / "params.yaml")
+    src = base or (root / "params.yaml" if (root / "params.yaml").exists() else DEFAULT_PARAMS)
     params = yaml.safe_load(src.read_text(encoding="utf-8"))
     for dotted, value in overrides.items():
         node = params

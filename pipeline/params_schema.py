@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, 
 
 from pipeline.errors import ParamsError
 
-SCHEMA_SOURCE = Path(__file__).resolve().parent.parent / "params.yaml"
+SCHEMA_SOURCE = Path(__file__).resolve().parent / "project_template" / "params.yaml"  # the packaged defaults
 AUTO = "auto"
 
 

@@ -58,3 +58,45 @@ def test_a_pre_split_folder_keeps_its_split_and_names_the_model(tmp_path, monkey
     assert "kept as shipped" not in capsys.readouterr().out
     manifest = yaml.safe_load((proj / "data" / "dataset" / "manifest.json").read_text())
     assert manifest["given_splits"] == []
+
+
+def test_a_wheel_install_makes_a_project_without_the_checkout(tmp_path):
+    """`pip install vitforge` (not editable) has no checkout around it: init's templates and the params schema
+    come from the package's own data, so init and a command on the new project work from the wheel alone."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"  # an in-tree build writes build/ and *.egg-info: into a copy of the sources
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("pipeline", "assets"):
+        shutil.copytree(PACKAGE_ROOT / name, src / name, symlinks=True, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "params.yaml", "infra/targets/cpu-ort-fp32.yaml"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PACKAGE_ROOT / name, src / name)
+    built = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(built),
+                    str(src)], check=True, cwd=tmp_path, timeout=300)
+    (wheel,) = built.glob("vitforge-*.whl")
+    with zipfile.ZipFile(wheel) as whl:  # files, not links: the repository's bytes
+        assert whl.read("pipeline/project_template/params.yaml") == (PACKAGE_ROOT / "params.yaml").read_bytes()
+        assert whl.read("pipeline/project_template/cpu-ort-fp32.yaml") == \
+            (PACKAGE_ROOT / "infra" / "targets" / "cpu-ort-fp32.yaml").read_bytes()
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, timeout=300)
+
+    env = {k: v for k, v in os.environ.items() if k != "VITFORGE_ROOT"} | {"PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(site)), where  # the wheel's copy, not the checkout
+    vitforge = [sys.executable, "-m", "pipeline.cli"]
+    subprocess.run([*vitforge, "init", "proj"], env=env, cwd=tmp_path, check=True, timeout=120)
+    assert (tmp_path / "proj" / "params.yaml").read_bytes() == (PACKAGE_ROOT / "params.yaml").read_bytes()
+    (tmp_path / "proj" / "params.yaml").write_text(
+        (tmp_path / "proj" / "params.yaml").read_text().replace("seed:", "sed:", 1))
+    typo = subprocess.run([*vitforge, "targets", "list"], env=env, cwd=tmp_path / "proj", capture_output=True,
+                          text=True, timeout=120)
+    assert typo.returncode == 2 and "sed" in typo.stderr and "seed" in typo.stderr, typo.stderr  # the schema read
