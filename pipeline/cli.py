@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     """Input errors (``pipeline.errors.InputError`` and dvc's) are one line and exit 2; Ctrl-C or SIGTERM is
     one line and exit 130, with the stage's MLflow run marked KILLED; anything else is a bug: traceback, exit 1."""
     args = build_parser().parse_args(argv)
+    # The package stage's sub-millisecond artifact reads drew three progress bars each; the stages print their own
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from dvc.exceptions import DvcException
