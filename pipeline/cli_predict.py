@@ -52,6 +52,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    k = int(text)
+    if k < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return k
+
+
 def add_predict_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="labels and probabilities for images, from a registered or packaged model")
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders (a folder: a CSV; a "
@@ -61,7 +68,7 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
                      "<registered model>@candidate-<demo.target>; the model: registry.model_name, else "
                      "vitforge-<dataset name>)")
     src.add_argument("--package", type=Path, metavar="DIR", help="an edge package folder (runs/package/<target>)")
-    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--top-k", type=_at_least_one, default=1, help="how many labels per image (default 1)")
     p.add_argument("--split", choices=["train", "val", "test"], help="of a dataset version folder: only that split")
     p.add_argument("--csv", type=Path, help="where the CSV goes (default for folders: predictions.csv)")
     p.add_argument("--show", action="store_true", help="print every prediction even for folders")

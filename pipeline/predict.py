@@ -58,11 +58,9 @@ def open_package(folder: Path, source: str) -> Package:
 
 
 def registered_package(model: str, ref: str) -> Package:
-    import mlflow
-    from pipeline.registry.mlflow_registry import load_registered
+    from pipeline.registry.mlflow_registry import load_registered, model_version
 
-    client = mlflow.MlflowClient()
-    mv = client.get_model_version(model, ref) if ref.isdigit() else client.get_model_version_by_alias(model, ref)
+    mv = model_version(model, ref)  # an unknown name, version or alias: one line
     return open_package(load_registered(model, str(mv.version)), f"{model} version {mv.version}")
 
 

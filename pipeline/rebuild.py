@@ -96,19 +96,6 @@ def _git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _version(model: str, which: str):
-    from mlflow.exceptions import MlflowException
-
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    try:
-        return client.get_model_version(model, which) if which.isdigit() else \
-            client.get_model_version_by_alias(model, which)
-    except MlflowException as err:
-        raise RebuildError(f"{model}@{which}: not in the registry ({err.message.splitlines()[0]})") from None
-
-
 def _download_replay(run_id: str, dest: Path) -> Path:
     from mlflow.exceptions import MlflowException
 
@@ -161,7 +148,7 @@ def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = F
             echo: Callable[[str], None] = log.info) -> RebuildResult:
     """``echo``: where progress lines go (the CLI prints them; the stages' own output is their stdout)."""
     import mlflow
-    from pipeline.registry.mlflow_registry import params_hash
+    from pipeline.registry.mlflow_registry import model_version, params_hash
     from pipeline.stages.package import WEIGHTS_TAG, tensor_digest
     from pipeline.tracking import ENV_EXPERIMENT, ENV_TRACKING_URI, Tracker
     from pipeline.weights import sha256_file
@@ -171,7 +158,7 @@ def rebuild(root: Path, ref: str, *, workdir: Path | None = None, keep: bool = F
     tracker = Tracker.from_params(params, root)
     mlflow.set_tracking_uri(tracker.tracking_uri)
     model, which = parse_ref(ref)
-    mv = _version(model, which)
+    mv = model_version(model, which)  # not in the registry: one line
     tags = dict(mv.tags)
     for key in ("git_sha", "dataset_version", "params_hash", "target", "sha256.model.onnx"):
         if not tags.get(key):

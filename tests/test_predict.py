@@ -51,6 +51,17 @@ def test_predict_a_registered_model_on_pngs_of_another_size(project, learned, tm
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith(f"{one}  ") and float(line.split()[2]) > 0
 
+    # a name, version or alias the registry does not hold: one line saying which, exit 2
+    for ref, says in (("predict-digits@nope", "predict-digits has no alias nope (aliases: candidate-"),
+                      ("predict-digits@99", "predict-digits has no version 99"),
+                      ("no-such-model@1", "no registered model 'no-such-model' (registered: ")):
+        assert main(["--root", str(project), "predict", str(one), "--model", ref]) == 2, ref
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {ref}: ") and says in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit) as stop:  # argparse: exit 2
+        main(["--root", str(project), "predict", str(one), "--top-k", "0"])
+    assert stop.value.code == 2 and "--top-k: at least 1" in capsys.readouterr().err
+
 
 def test_predict_over_a_test_split_reproduces_the_packages_test_top1(project, learned, digits_dataset, capsys):
     pkg = learned

@@ -228,14 +228,41 @@ def version_tags(pkg: EdgePackage, *, dataset_version: str, git_sha: str, dagste
     return tags
 
 
+class UnknownVersion(InputError, LookupError):
+    """No such registered model, version or alias."""
+
+
+def model_version(model_name: str, ref: str) -> Any:
+    """The registered version ``ref`` (a version number or an alias) of ``model_name``, or one line saying which
+    part is not in the registry, with the names that are."""
+    from mlflow.exceptions import MlflowException
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        return client.get_model_version(model_name, ref) if ref.isdigit() else \
+            client.get_model_version_by_alias(model_name, ref)
+    except MlflowException:
+        pass
+    try:
+        model = client.get_registered_model(model_name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models(max_results=100))
+        raise UnknownVersion(f"{model_name}@{ref}: no registered model {model_name!r} (registered: "
+                             f"{', '.join(known) or 'none'})") from None
+    aliases = sorted(model.aliases) if isinstance(model.aliases, dict) else sorted(a.alias for a in model.aliases)
+    what = "version" if ref.isdigit() else "alias"
+    raise UnknownVersion(f"{model_name}@{ref}: {model_name} has no {what} {ref} (aliases: "
+                         f"{', '.join(aliases) or 'none'})") from None
+
+
 def load_registered(model_name: str, ref: str) -> Path:
     """Download a registered version (``ref`` = version number or alias) and return its folder.
     Refuses a version tagged ``incomplete`` (its registration failed)."""
     import mlflow
 
-    client = mlflow.MlflowClient()
-    mv = client.get_model_version(model_name, ref) if ref.isdigit() else client.get_model_version_by_alias(
-        model_name, ref)
+    mv = model_version(model_name, ref)
     if INCOMPLETE_TAG in mv.tags:
         raise ValueError(f"{model_name} version {mv.version} is incomplete ({mv.tags[INCOMPLETE_TAG]}): "
                          f"not loading it")
