@@ -342,7 +342,8 @@ def _interrupt(signum: int, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Input errors (``pipeline.errors.InputError`` and dvc's) are one line and exit 2; Ctrl-C or SIGTERM is
-    one line and exit 130, with the stage's MLflow run marked KILLED; anything else is a bug: traceback, exit 1."""
+    one line and exit 130, with the stage's MLflow run marked KILLED; a closed stdout (a pipe's reader gone) is
+    exit 141, quietly; anything else is a bug: traceback, exit 1."""
     args = build_parser().parse_args(argv)
     # The package stage's sub-millisecond artifact reads drew three progress bars each; the stages print their own
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -372,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted{why}: the stage stopped; its MLflow run is marked KILLED, and what it had "
               "committed (checkpoints, versions, registered models) is kept as it was", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader ended (`vitforge ... | head`): stop as a Unix tool does on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
     except (DvcException, *INPUT_ERRORS) as err:
         if args.verbose:  # the full traceback, for whoever debugs vitforge itself; still an input error
             traceback.print_exc()

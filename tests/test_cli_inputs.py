@@ -64,3 +64,18 @@ def test_the_coco_rule_and_the_images_without_a_box_are_told_and_recorded(projec
     run = mlflow.get_run(run_id)
     assert run.data.metrics["images_without_box"] == 2
     assert run.data.tags["coco_label_rule"] == "an image's label is the category of its largest box"
+
+
+def test_a_closed_pipe_stops_the_command_quietly(project, tmp_path):
+    """`vitforge ... | head`: the reader is gone before the first line; exit 141 as on SIGPIPE, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "--root", str(project), "demo-data",
+                             str(tmp_path / "digits")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.stdout.close()  # before the command imports, let alone prints
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
