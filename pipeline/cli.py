@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The package stage's sub-millisecond artifact reads drew three progress bars each; the stages print their own
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's own INFO lines ("Creating initial MLflow database tables...") only with -v, as vitforge's own
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from dvc.exceptions import DvcException

@@ -66,6 +66,27 @@ def test_the_coco_rule_and_the_images_without_a_box_are_told_and_recorded(projec
     assert run.data.tags["coco_label_rule"] == "an image's label is the category of its largest box"
 
 
+def test_the_output_holds_vitforges_lines_only(project, tmp_path):
+    """A first stage in a new project: no MLflow INFO lines (store creation) nor artifact progress bars; -v
+    brings MLflow's INFO lines back."""
+    import subprocess
+    import sys
+
+    make_imagefolder(tmp_path / "shots")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")}
+    run = subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(project), "stage", "dataset", "--data",
+                          str(tmp_path / "shots")], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "8 images, 2 classes" in run.stdout
+    assert run.stderr == "", run.stderr  # was: "INFO mlflow.store.db.utils: Creating initial MLflow database tables"
+    from conftest import make_project
+
+    other = make_project(tmp_path / "other")  # a new store again, with -v
+    verbose = subprocess.run([sys.executable, "-m", "pipeline.cli", "-v", "--root", str(other), "stage", "dataset",
+                              "--data", str(tmp_path / "shots")], capture_output=True, text=True, env=env, timeout=300)
+    assert verbose.returncode == 0 and "Creating initial MLflow database tables" in verbose.stderr, verbose.stderr
+
+
 def test_a_closed_pipe_stops_the_command_quietly(project, tmp_path):
     """`vitforge ... | head`: the reader is gone before the first line; exit 141 as on SIGPIPE, no traceback."""
     import os
