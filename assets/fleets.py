@@ -104,8 +104,8 @@ def fleet_progress_sensor(context: SensorEvaluationContext, project: ProjectReso
             continue
         if action in ("idle", "wait"):  # only moves become asset events
             continue
-        actions.append(f"{name}: {action}")
-        events.append(AssetMaterialization(AssetKey(["fleet", name]), description=action,
+        actions.append(f"{name}: {action}: {details['why']}")
+        events.append(AssetMaterialization(AssetKey(["fleet", name]), description=f"{action}: {details['why']}",
                                            metadata=fleet_metadata(fleet, details)))
     if not events:
         return SkipReason("no rollout moved")

@@ -37,12 +37,16 @@ def _fleet(args: argparse.Namespace):
     return load_fleet(files[args.fleet])
 
 
+def _before(state: dict) -> str:
+    return f"from v{state['from']}" if state.get("from") else "the fleet's first version"
+
+
 def cmd_fleet_promote(args: argparse.Namespace) -> int:
     from pipeline.fleet.rollout import promote
 
     fleet = _fleet(args)
     state = promote(fleet)
-    print(f"fleet {fleet.name}: rolling out v{state['version']} (from v{state['from']}); stage 1 of "
+    print(f"fleet {fleet.name}: rolling out v{state['version']} ({_before(state)}); stage 1 of "
           f"{len(fleet.stages)}: {state['percent']} % of devices follow fleet-{fleet.name}-next")
     return 0
 
@@ -53,7 +57,10 @@ def cmd_fleet_evaluate(args: argparse.Namespace) -> int:
     fleet = _fleet(args)
     action, details = evaluate(fleet)
     health = details.get("health", {})
-    print(f"fleet {fleet.name}: {action}" + (f" ({health['figures']})" if health else ""))
+    figures = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in health.get("figures", {}).items())
+    print(f"fleet {fleet.name}: {action}" + (f": {details['why']}" if details.get("why") else "")
+          + (f" ({figures})" if figures else ""))
     return 0
 
 
@@ -63,7 +70,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     fleet = _fleet(args)
     state = rollout_state(fleet)
     print(f"fleet {fleet.name} ({fleet.model}, target {fleet.target}): " + (
-        f"rolling out v{state['version']} from v{state['from']}, stage {state['stage'] + 1} of {len(fleet.stages)} "
+        f"rolling out v{state['version']} ({_before(state)}), stage {state['stage'] + 1} of {len(fleet.stages)} "
         f"({state['percent']} %)" if state else "no rollout under way"))
     print(f"{'device':<20} {'bucket':>6} {'serving':>8} {'state':<10} {'p50_ms':>7} {'p99_ms':>7}  reasons")
     for dev, rep in sorted(device_reports(fleet).items()):

@@ -244,7 +244,7 @@ def test_sigkill_mid_swap_leaves_a_loadable_current(packages, tmp_path):
     assert kills == 8 and Store(state).current() is not None
 
 
-def test_rollout_stages_finish_abort_and_rollback_with_history(server, versions, tmp_path):
+def test_rollout_stages_finish_abort_and_rollback_with_history(server, versions, tmp_path, capsys):
     from pipeline.cli import main as vitforge
     from pipeline.fleet import load_fleet
     from pipeline.fleet.rollout import evaluate, history, promote
@@ -272,11 +272,19 @@ def test_rollout_stages_finish_abort_and_rollback_with_history(server, versions,
     def roll(version: str) -> None:
         client.set_registered_model_alias(MODEL, "candidate-cpu-ort-fp32", version)
         assert vitforge(["--root", str(root), "fleet", "promote", "ship"]) == 0
+        before = "the fleet's first version" if version == versions["good"] else f"from v{versions['good']}"
+        assert f"fleet ship: rolling out v{version} ({before}); stage 1 of 2" in capsys.readouterr().out
+        assert vitforge(["--root", str(root), "fleet", "evaluate", "ship"]) == 0  # no device has the version
+        said = capsys.readouterr().out
+        assert said.startswith("fleet ship: wait: ") and "{" not in said, said
         first = poll_all()
         assert {d for d in devices if first[d] == version} == {d for d in devices if bucket("ship", d) < cut}
         others = {reports[d]["state"] for d in devices if bucket("ship", d) >= cut}
         assert others == ({"no-version"} if version == versions["good"] else {"serving"})  # never "unreachable"
-        assert evaluate(fleet)[0] == "advance"
+        assert vitforge(["--root", str(root), "fleet", "evaluate", "ship"]) == 0
+        said = capsys.readouterr().out
+        assert said.startswith("fleet ship: advance: stage 1 healthy; stage 2: 100 % of devices (stage_devices 2, "
+                               "healthy 2, failed 0, failure_share 0.00"), said
         assert set(poll_all().values()) == {version}
         assert evaluate(fleet)[0] == "finish"
 

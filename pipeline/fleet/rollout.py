@@ -94,7 +94,7 @@ class _Move:
     def __init__(self, fleet: Fleet, move: str, frm: str | None, to: str | None, why: str,
                  figures: dict[str, float] | None = None):
         self.client = _client()
-        run = self.client.create_run(_experiment(fleet), run_name=f"{move} {frm} -> {to}", tags={
+        run = self.client.create_run(_experiment(fleet), run_name=f"{move} v{frm or '-'} -> v{to or '-'}", tags={
             "move": move, "fleet": fleet.name, "target": fleet.target, "from": frm or "", "to": to or "", "why": why})
         self.run_id = run.info.run_id
         for k, v in (figures or {}).items():
@@ -191,21 +191,29 @@ def stage_health(fleet: Fleet, state: dict[str, Any]) -> StageHealth:
 
 
 def evaluate(fleet: Fleet, now: float | None = None) -> tuple[str, dict[str, Any]]:
-    """One look at the rollout: ``("idle"|"wait"|"advance"|"finish"|"abort", details)``, acted on."""
+    """One look at the rollout: ``("idle"|"wait"|"advance"|"finish"|"abort", details)``, acted on. ``details``:
+    the rollout's state, the stage's health and ``why``, a line saying what decided."""
     state = rollout_state(fleet)
     if state is None:
-        return "idle", {}
+        return "idle", {"why": "no rollout under way (`vitforge fleet promote` starts one)"}
     now = time.time() if now is None else now
     health = stage_health(fleet, state)
     stage = fleet.stages[state["stage"]]
     details = {"state": state, "health": health.to_dict()}
     if health.figures["failure_share"] > fleet.abort.max_failure_share:
-        abort(fleet, f"{len(health.failed)} of {len(health.devices)} stage devices rejected v{state['version']}: "
-                     f"{', '.join(health.failed)}", health.figures)
+        details["why"] = (f"{len(health.failed)} of {len(health.devices)} stage devices rejected "
+                          f"v{state['version']}: {', '.join(health.failed)}")
+        abort(fleet, details["why"], health.figures)
         return "abort", details
-    soaked = now - state["stage_started_at"] >= stage.soak_s
+    soak_left = stage.soak_s - (now - state["stage_started_at"])
     enough = len(health.healthy) >= stage.min_devices and not health.waiting
-    if not (soaked and enough):
+    if soak_left > 0 or not enough:
+        details["why"] = "; ".join(
+            ([f"{len(health.waiting)} stage devices not serving v{state['version']} yet: "
+              f"{', '.join(health.waiting[:5])}{' ...' if len(health.waiting) > 5 else ''}"] if health.waiting else [])
+            + ([f"{len(health.healthy)} healthy of the {stage.min_devices} the stage needs"]
+               if len(health.healthy) < stage.min_devices else [])
+            + ([f"soaking {soak_left:.0f} s more"] if soak_left > 0 else []))
         return "wait", details
     client = _client()
     if state["stage"] + 1 == len(fleet.stages):
@@ -214,6 +222,8 @@ def evaluate(fleet: Fleet, now: float | None = None) -> tuple[str, dict[str, Any
             client.set_registered_model_alias(fleet.model, alias("champion", fleet.target), state["version"])
             client.delete_registered_model_tag(fleet.model, _tag(fleet))
             client.delete_registered_model_alias(fleet.model, f"fleet-{fleet.name}-next")
+        details["why"] = (f"every stage healthy: fleet-{fleet.name} and {alias('champion', fleet.target)} "
+                          f"are v{state['version']}")
         return "finish", details
     nxt = {**state, "stage": state["stage"] + 1, "percent": fleet.stages[state["stage"] + 1].percent,
            "stage_id": stage_id(state["version"], state["started_at"], state["stage"] + 1), "stage_started_at": now}
@@ -221,6 +231,7 @@ def evaluate(fleet: Fleet, now: float | None = None) -> tuple[str, dict[str, Any
                f"stage {state['stage'] + 1} healthy; to {nxt['percent']} %", health.figures):
         client.set_registered_model_tag(fleet.model, _tag(fleet), json.dumps(nxt))
     details["state"] = nxt
+    details["why"] = f"stage {state['stage'] + 1} healthy; stage {state['stage'] + 2}: {nxt['percent']} % of devices"
     return "advance", details
 
 
