@@ -129,6 +129,9 @@ def cmd_targets_sync(args: argparse.Namespace) -> int:
     params = load_params(args.root)
     added, removed = sync_target_partitions(args.root, params)
     print(f"target partitions: added {added or 'none'}, removed {removed or 'none'}")
+    if not (args.root / "dvc.yaml").is_file():  # a project made by `vitforge init`: no dvc pipeline to keep
+        print("no dvc.yaml in this project: no dvc target list to keep")
+        return 0
     names, changed = sync_index(args.root, params)
     print(f"{INDEX} (dvc.yaml's targets): {', '.join(names) or 'none'}{'' if changed else ' (unchanged)'}")
     return 0

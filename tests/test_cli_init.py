@@ -29,6 +29,10 @@ def test_init_makes_a_project_the_commands_work_in(tmp_path, monkeypatch, capsys
     assert project_root() == proj.resolve()
     assert main(["targets", "list"]) == 0
     assert "cpu-ort-fp32" in capsys.readouterr().out
+    assert main(["targets", "sync"]) == 0  # Dagster's partitions; no dvc.yaml here, so no dvc target list
+    out = capsys.readouterr().out
+    assert "added ['cpu-ort-fp32']" in out and "no dvc.yaml in this project" in out, out
+    assert not (proj / "infra" / "dvc-targets.yaml").exists()
 
     # a second init does not overwrite a project
     (proj / "params.yaml").write_text((proj / "params.yaml").read_text() + "# mine\n")
