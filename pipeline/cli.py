@@ -108,8 +108,9 @@ def cmd_stage_pretrain(args: argparse.Namespace) -> int:
     if fit["target"]:
         print(f"space fitted to {fit['target']} ({fit['budget_ms']:g} ms) and the images' native {fit['native_size']} "
               f"px: patch_size {res.space['patch_size']}, img_sizes {res.space['img_sizes']}; fastest subnet "
-              f"{fit['fastest_ms']:.3f} ms, largest {fit['largest_ms']:.3f} ms" + ("" if fit["fits"] else
-                                                                                  f" (not fitted: {fit['why']})"))
+              f"{fit['fastest_ms']:.3f} ms, largest {fit['largest_ms']:.3f} ms"
+              + ("" if fit["fits"] else f"; short of the aim (fastest within a quarter of the budget, largest "
+                                        f"over it): {fit['why']}"))
     print(f"MAE pre-training: {res.steps} steps, final loss {res.final_loss:.4f}, {res.images_per_s:.0f} images/s")
     print(f"weights {res.weights}  (MLflow run {res.mlflow_run_id})")
     return 0
