@@ -139,7 +139,8 @@ def _restore_dataset(src_root: Path, src_params: dict, wt_root: Path, wt_params:
 
 
 def _run_stage(argv: list[str], cwd: Path, env: dict[str, str], echo: Callable[[str], None]) -> int:
-    echo(f"== {' '.join(argv)}")
+    echo(f"== {' '.join(argv)}" + ("  (it registers into the rebuild's own MLflow store, in the worktree; the "
+                                   "project's registry is not touched)" if argv[1] == "package" else ""))
     return subprocess.run([sys.executable, "-m", "pipeline.cli", "--root", str(cwd), *argv], cwd=cwd, env=env,
                           check=False).returncode
 

@@ -95,7 +95,7 @@ def clone_code(dest: Path) -> Path:
         src = REPO / rel
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
+            shutil.copy2(src, dest / rel, follow_symlinks=False)  # links stay links, as in a git clone
     subprocess.run(["git", "init", "-q", str(dest)], check=True)
     commit_all(dest, "clone")
     return dest

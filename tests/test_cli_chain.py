@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,10 @@ def test_run_splits_its_time_budget_and_ends_registered(tmp_path, digits_few):
         row = next(line for line in table.splitlines() if line.startswith(name))
         assert row.split()[-1] == "yes", table
     assert "identical: every sha256 matches" in proc.stdout
+    # the rebuild's search says the brief fine-tunes' steps it replayed, not params.yaml's search.rerank_steps
+    each = re.search(r"\((\d+) steps each\)", out).group(0)
+    assert each in proc.stdout.split("== stage search")[1].split("== stage finetune")[0], (each, proc.stdout)
+    assert "the project's registry is not touched" in proc.stdout
     assert registered["package"]["files_sha256"]["model.onnx"][:16] in table
 
     # nothing of the user's moved: working tree, HEAD, registry (the rebuild registered in its own store)

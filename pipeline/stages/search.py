@@ -152,7 +152,8 @@ def _search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[
         allowed=lambda a: target.input_size is None or a.img_size == target.input_size)
     n_val = len(y_val)
     k = sp["rerank_top_k"]
-    rerank_steps: list[int] = [] if time_budget_s is not None else [sp["rerank_steps"]]
+    fixed_steps = None if time_budget_s is not None else sp["rerank_steps"]
+    rerank_steps: list[int] = []  # the steps the first brief fine-tune took (a replay's, in a rebuild): everyone's
 
     def finetune_top1(arch: Arch, n: int) -> float:
         """A brief fine-tune; every candidate gets the same step count, so a fast arch cannot win on steps.
@@ -160,8 +161,8 @@ def _search(root: Path, params: dict[str, Any], tracker: Tracker, dataset: dict[
         Under a time budget the first (most expensive) of the ``n`` candidates gets 1/n of the time left,
         and the steps it took are everyone's: the cheaper ones then need less than their share.
         """
-        if rerank_steps:
-            overrides: dict[str, Any] = {"max_steps": rerank_steps[0]}
+        if rerank_steps or fixed_steps is not None:
+            overrides: dict[str, Any] = {"max_steps": rerank_steps[0] if rerank_steps else fixed_steps}
         else:
             left = time_budget_s - (time.perf_counter() - started)
             overrides = {"time_budget_s": max(left, 0.0) / n}
