@@ -360,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not getattr(args, "needs_root", True):  # `vitforge init`: makes the root
             return args.func(args)
+        given = args.root
         args.root = (args.root or project_root()).resolve()
+        if given is None and not os.environ.get("VITFORGE_ROOT") and not Path.cwd().resolve().is_relative_to(args.root):
+            print(f"note: no vitforge project around {Path.cwd()}; working in the checkout {args.root} (`vitforge "
+                  "init DIR` makes a project of your own; --root names one)", file=sys.stderr)
         if not (args.root / "params.yaml").is_file():  # a mistyped --root must not grow a DVC repo and a store
             from pipeline.errors import ParamsError
 

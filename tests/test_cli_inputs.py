@@ -100,3 +100,20 @@ def test_a_closed_pipe_stops_the_command_quietly(project, tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_outside_any_project_the_checkout_is_named_as_the_root(tmp_path):
+    """From a folder with no project around it, an editable install works in its checkout: said, not silent."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.params import PACKAGE_ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "VITFORGE_ROOT"}
+    run = subprocess.run([sys.executable, "-m", "pipeline.cli", "stage", "search", "--target", "nosuch"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)  # read-only: an unknown target
+    assert run.returncode == 2, run.stderr
+    note, error = run.stderr.splitlines()
+    assert note.startswith(f"note: no vitforge project around {tmp_path}; working in the checkout {PACKAGE_ROOT} ")
+    assert error.startswith("error: ") and "nosuch" in error
