@@ -54,5 +54,9 @@ class ChainBudget:
         share = self.shares[name] / sum(self.shares[s] for s in todo)
         return self.remaining_s() * share
 
+    def nominal_s(self, name: str) -> float:
+        """``name``'s share of the whole budget: what it gets when no stage before it overruns."""
+        return self.total_s * self.shares[name] / sum(self.shares.values())
+
     def done(self, name: str, seconds: float) -> None:
         self.spent[name] = seconds

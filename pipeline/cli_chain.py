@@ -32,12 +32,18 @@ def _run_chain(args: argparse.Namespace) -> int:
              ("supernet", cli.cmd_stage_supernet, "supernet"), (f"search {t}", cli.cmd_stage_search, "search"),
              (f"finetune {t}", cli.cmd_stage_finetune, "finetune"), (f"package {t}", cli.cmd_stage_package, None)]
     budget = None
+    cut: list[str] = []  # stages left with under half their share by the ones before them
     for name, step, share in chain:
         if total_s is not None and budget is None and share:  # the clock starts after the dataset stage
             budget = ChainBudget(total_s, params["budget"]["shares"])
         args.time_budget_s = budget.for_stage(share) if budget and share else None
         note = f" (time budget {args.time_budget_s:.0f} s)" if args.time_budget_s is not None else ""
         print(f"== {name}{note}", flush=True)
+        if args.time_budget_s is not None and args.time_budget_s < budget.nominal_s(share) / 2:
+            cut.append(f"{share} {args.time_budget_s:.0f} of {budget.nominal_s(share):.0f} s")
+            print(f"warning: {share} gets {args.time_budget_s:.0f} s of its {budget.nominal_s(share):.0f} s share, "
+                  "as the stages before it overran (fixed costs: latency measurements, brief fine-tunes); a training "
+                  "loop still takes its min_steps. A longer --time-budget gives it its share.", flush=True)
         t0 = time.perf_counter()
         rc = step(args)
         if rc:
@@ -48,6 +54,8 @@ def _run_chain(args: argparse.Namespace) -> int:
     if budget:
         print("  " + "  ".join(f"{k} {v:.0f} s" for k, v in budget.spent.items())
               + f"  (budget {budget.total_s:.0f} s for the training stages)")
+    if cut:
+        print(f"  cut short: {'; '.join(cut)} (see the warnings above)")
     print(f"finished in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -112,3 +112,30 @@ def test_the_chain_clock_starts_after_the_dataset_stage(monkeypatch, tmp_path):
     assert cli_chain._run_chain(args) == 0
     assert seen["dataset"] is None and seen["package"] is None
     assert seen["pretrain"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_stage_left_under_half_its_share_is_warned_of_and_summed_up(monkeypatch, tmp_path, capsys):
+    import argparse
+
+    from pipeline import cli, cli_chain
+
+    seen = {}
+
+    def fake(name):
+        def step(args):
+            seen[name] = args.time_budget_s
+            if name == "search":
+                time.sleep(1.85)  # its share is 0.5 s of the 2: it overruns into the fine-tune's
+            return 0
+        return step
+
+    for name in ("dataset", "pretrain", "supernet", "search", "finetune", "package"):
+        monkeypatch.setattr(cli, f"cmd_stage_{name}", fake(name))
+    monkeypatch.setattr(cli_chain, "_print_summary", lambda root, target: None)
+    monkeypatch.setattr(cli_chain, "load_params", lambda root: {"budget": {"shares": {
+        "pretrain": 1.0, "supernet": 1.0, "search": 1.0, "finetune": 1.0}}})
+    assert cli_chain._run_chain(argparse.Namespace(root=tmp_path, target="t", time_budget="2s")) == 0
+    assert seen["finetune"] < 0.25
+    out = capsys.readouterr().out
+    assert out.count("warning: ") == 1 and "warning: finetune gets 0 s of its 0 s share" in out, out
+    assert "cut short: finetune 0 of 0 s" in out
