@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from pipeline.data.errors import DatasetError
 
 
 def default_model(root: Path, params: dict) -> str:
     """The registered model ``--model`` defaults to: params.yaml's, else the one named for this project's dataset
     version (a clone that never pulled the data has none to name it by)."""
-    from pipeline.data.errors import DatasetError
     from pipeline.errors import InputError
     from pipeline.stages.common import model_name
 
@@ -35,7 +37,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Tracker.from_params(params, args.root).connect()
         pkg = registered_package(*parse_ref(ref))
     files = collect([Path(p).resolve() for p in args.images], args.split)
-    preds = predict(pkg, files, top_k=args.top_k)
+    skipped: list[DatasetError] | None = [] if args.skip_invalid else None
+    preds = predict(pkg, files, top_k=args.top_k, skipped=skipped)
+    for err in skipped or []:
+        print(f"skipped {err}", file=sys.stderr)
+    if not preds:
+        raise DatasetError(Path(args.images[0]), f"none of the {len(files)} images can be read")
     folder_given = any(Path(p).is_dir() for p in args.images)
     if not folder_given or args.show:
         for p in preds:
@@ -48,7 +55,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if known:
         right = sum(p.top[0][0] == p.truth for p in known)
         print(f"top-1 {right / len(known):.4f} ({right}/{len(known)} images with a known label)")
-    print(f"model: {pkg.source} ({pkg.size}x{pkg.size}, {len(pkg.labels)} classes)")
+    print(f"model: {pkg.source} ({pkg.size}x{pkg.size}, {len(pkg.labels)} classes)"
+          + (f"; {len(skipped)} unreadable images skipped" if skipped else ""))
     return 0
 
 
@@ -72,4 +80,6 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["train", "val", "test"], help="of a dataset version folder: only that split")
     p.add_argument("--csv", type=Path, help="where the CSV goes (default for folders: predictions.csv)")
     p.add_argument("--show", action="store_true", help="print every prediction even for folders")
+    p.add_argument("--skip-invalid", action="store_true", help="leave out images that cannot be read, listing "
+                   "each (default: the first one stops the command)")
     p.set_defaults(func=cmd_predict)

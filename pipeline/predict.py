@@ -97,15 +97,28 @@ def load(path: Path, size: int) -> np.ndarray:
 
 
 def predict(pkg: Package, files: list[tuple[Path, str | None]], top_k: int = 1, threads: int = 1,
-            batch: int = 64) -> list[Prediction]:
+            batch: int = 64, skipped: list[DatasetError] | None = None) -> list[Prediction]:
+    """``skipped``: collect the images that cannot be read there and go on without them (else the first stops
+    it)."""
     from pipeline.targets.runners import ort_session
 
     session = ort_session(pkg.onnx, threads)
     inp, out = session.get_inputs()[0].name, session.get_outputs()[0].name
     preds = []
     for i in range(0, len(files), batch):
-        chunk = files[i:i + batch]
-        logits = session.run([out], {inp: np.stack([load(p, pkg.size) for p, _ in chunk])})[0]
+        chunk, pixels = [], []
+        for path, truth in files[i:i + batch]:
+            try:
+                pixels.append(load(path, pkg.size))
+            except DatasetError as err:
+                if skipped is None:
+                    raise
+                skipped.append(err)
+                continue
+            chunk.append((path, truth))
+        if not chunk:
+            continue
+        logits = session.run([out], {inp: np.stack(pixels)})[0]
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         for (path, truth), row in zip(chunk, probs, strict=True):

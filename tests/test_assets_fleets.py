@@ -76,7 +76,7 @@ def test_sensors_start_and_drive_a_rollout(tmp_path):
         for d in stage:  # skewed device clocks: the stage id counts, not the time
             report("ship", d, str(mv.version), stage=first)
         out = fleet_progress_sensor(ctx)
-        assert out.asset_events[0].description == "advance"
+        assert out.asset_events[0].description == "advance: stage 1 healthy; stage 2: 100 % of devices"
         second = rollout_state(fleet)
         assert second["percent"] == 100 and second["stage_id"] != first
         for d in DEVICES:  # reports about the first stage do not complete the second
@@ -87,7 +87,7 @@ def test_sensors_start_and_drive_a_rollout(tmp_path):
         for d in DEVICES:
             report("ship", d, str(mv.version), stage=second["stage_id"])
         out = fleet_progress_sensor(ctx)
-        assert out.asset_events[0].description == "finish"
+        assert out.asset_events[0].description.startswith("finish: every stage healthy: fleet-ship and champion-")
         assert rollout_state(fleet) is None
         assert str(client.get_model_version_by_alias("vitforge-digits", "fleet-ship").version) == str(mv.version)
         assert str(client.get_model_version_by_alias("vitforge-digits", "champion-cpu-ort-fp32").version) == \

@@ -78,6 +78,27 @@ def test_an_image_that_does_not_decode_is_one_line(project, learned, tmp_path, c
     assert main(["--root", str(project), "predict", str(bad), "--package", str(learned.folder)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {bad}: cannot be read as an image")
 
+    # in a folder: the first one stops it, unless --skip-invalid leaves it out and says so
+    from conftest import png
+
+    folder = tmp_path / "shots"
+    for seed, name in enumerate(("a.png", "b.png")):
+        png(folder / name, seed=seed)
+    (folder / "c.png").write_bytes(b"not a png either")
+    out_csv = tmp_path / "shots.csv"
+    argv = ["--root", str(project), "predict", str(folder), "--package", str(learned.folder), "--csv", str(out_csv)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: {folder / 'c.png'}: cannot be read as an image")
+    assert main([*argv, "--skip-invalid"]) == 0
+    said = capsys.readouterr()
+    assert said.err.startswith(f"skipped {folder / 'c.png'}: cannot be read as an image"), said.err
+    assert "; 1 unreadable images skipped" in said.out
+    assert [r["path"] for r in csv.DictReader(out_csv.open())] == [str(folder / "a.png"), str(folder / "b.png")]
+    bad.replace(folder / "a.png")
+    (folder / "b.png").write_bytes(b"")
+    assert main([*argv, "--skip-invalid"]) == 2  # nothing left to predict: one line
+    assert "none of the 3 images can be read" in capsys.readouterr().err
+
 
 def test_predict_over_the_test_folder_reproduces_the_registered_versions_test_top1(shipped, capsys):
     """The acceptance line: a version registered by the package stage (its ``test_top1`` tag the engine's, on
