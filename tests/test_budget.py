@@ -88,7 +88,8 @@ def test_a_spent_budget_gives_min_steps_not_the_epochs(tmp_path):
     assert res.steps == 3  # a budget of 0 s is a budget, not "no budget" (50 epochs would be 400 steps)
 
 
-def test_the_chain_clock_starts_after_the_dataset_stage(monkeypatch, tmp_path):
+def _fake_chain(monkeypatch, tmp_path, sleeps: dict[str, float], time_budget) -> dict[str, float | None]:
+    """The chain with stand-in stages that sleep ``sleeps[name]`` s; returns each stage's time budget."""
     import argparse
 
     from pipeline import cli, cli_chain
@@ -97,9 +98,8 @@ def test_the_chain_clock_starts_after_the_dataset_stage(monkeypatch, tmp_path):
 
     def fake(name):
         def step(args):
-            if name == "dataset":
-                time.sleep(0.3)  # the dataset stage is outside the budget
             seen[name] = args.time_budget_s
+            time.sleep(sleeps.get(name, 0.0))
             return 0
         return step
 
@@ -108,33 +108,20 @@ def test_the_chain_clock_starts_after_the_dataset_stage(monkeypatch, tmp_path):
     monkeypatch.setattr(cli_chain, "_print_summary", lambda root, target: None)
     monkeypatch.setattr(cli_chain, "load_params", lambda root: {"budget": {"shares": {
         "pretrain": 1.0, "supernet": 1.0, "search": 1.0, "finetune": 1.0}}})
-    args = argparse.Namespace(root=tmp_path, target="t", time_budget=2)  # a bare number, as YAML gives it
-    assert cli_chain._run_chain(args) == 0
+    assert cli_chain._run_chain(argparse.Namespace(root=tmp_path, target="t", time_budget=time_budget)) == 0
+    return seen
+
+
+def test_the_chain_clock_starts_after_the_dataset_stage(monkeypatch, tmp_path):
+    seen = _fake_chain(monkeypatch, tmp_path, {"dataset": 0.3},  # the dataset stage is outside the budget
+                       time_budget=2)  # a bare number, as YAML gives it
     assert seen["dataset"] is None and seen["package"] is None
     assert seen["pretrain"] == pytest.approx(0.5, abs=0.05)
 
 
 def test_a_stage_left_under_half_its_share_is_warned_of_and_summed_up(monkeypatch, tmp_path, capsys):
-    import argparse
-
-    from pipeline import cli, cli_chain
-
-    seen = {}
-
-    def fake(name):
-        def step(args):
-            seen[name] = args.time_budget_s
-            if name == "search":
-                time.sleep(1.85)  # its share is 0.5 s of the 2: it overruns into the fine-tune's
-            return 0
-        return step
-
-    for name in ("dataset", "pretrain", "supernet", "search", "finetune", "package"):
-        monkeypatch.setattr(cli, f"cmd_stage_{name}", fake(name))
-    monkeypatch.setattr(cli_chain, "_print_summary", lambda root, target: None)
-    monkeypatch.setattr(cli_chain, "load_params", lambda root: {"budget": {"shares": {
-        "pretrain": 1.0, "supernet": 1.0, "search": 1.0, "finetune": 1.0}}})
-    assert cli_chain._run_chain(argparse.Namespace(root=tmp_path, target="t", time_budget="2s")) == 0
+    # the search's share is 0.5 s of the 2: it overruns into the fine-tune's
+    seen = _fake_chain(monkeypatch, tmp_path, {"search": 1.85}, time_budget="2s")
     assert seen["finetune"] < 0.25
     out = capsys.readouterr().out
     assert out.count("warning: ") == 1 and "warning: finetune gets 0 s of its 0 s share" in out, out

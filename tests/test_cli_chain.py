@@ -28,7 +28,8 @@ def test_run_splits_its_time_budget_and_ends_registered(tmp_path, digits_few):
     tiny_project = clone_code(tmp_path / "clone")  # a user's clone: the code, params.yaml, .dvc/ in git
     set_params(tiny_project, **TINY)
     set_params(tiny_project, latency__max_mape=1.0, targets_dir="targets", pretrain__min_steps=3,
-               supernet__min_steps=3, finetune__min_steps=3, search__rerank_top_k=2,
+               supernet__min_steps=3, search__rerank_top_k=2,
+               finetune__min_steps=60,  # the shipped model learns whatever the clock leaves it (13 steps: 15 %)
                # fitted to the 16 px images and the 50 ms budget: 8 px patches would leave a 2x2 grid
                space__patch_size="auto", space__img_sizes="auto", space__patch_choices=[4, 8],
                space__n_img_sizes=2, space__max_upscale=1.0, latency__n_fit=5, latency__n_holdout=3)
@@ -71,7 +72,7 @@ def test_run_splits_its_time_budget_and_ends_registered(tmp_path, digits_few):
         assert {k: space[k] for k in fitted} == fitted and "patch_choices" not in space
     assert search["arch"]["img_size"] == 16
     finetune = json.loads((tiny_project / "runs" / "finetune" / "box" / "result.json").read_text())
-    assert finetune["steps"] >= 3 and finetune["test_top1"] > 0.2  # 10 classes: well above chance
+    assert finetune["steps"] >= 60 and finetune["test_top1"] > 0.2, finetune  # 10 classes: well above chance
 
     # the project copied to another folder (the original moved away): the next stage there reads and writes
     # only the copy, since every recorded path is relative to the root and the MLflow store relocates itself
