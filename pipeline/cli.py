@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from pipeline.errors import InputError, MissingStageError
-from pipeline.params import ENV_SET, load_params, parse_sets, project_root
+from pipeline.params import ENV_SET, checkout_note, load_params, parse_sets, project_root
 from pipeline.paths import paths
 
 INPUT_ERRORS: tuple[type[Exception], ...] = (InputError,)  # bad input, told in one line
@@ -346,11 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     one line and exit 130, with the stage's MLflow run marked KILLED; a closed stdout (a pipe's reader gone) is
     exit 141, quietly; anything else is a bug: traceback, exit 1."""
     args = build_parser().parse_args(argv)
-    # The package stage's sub-millisecond artifact reads drew three progress bars each; the stages print their own
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow's own INFO lines ("Creating initial MLflow database tables...") only with -v, as vitforge's own
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if args.verbose else "WARNING")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ... at:" on every run end
+    # vitforge's lines only: no artifact progress bars, no "View run ... at:" URLs, MLflow's INFO lines with -v
+    for key, value in {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_LOGGING_LEVEL": "INFO" if
+                       args.verbose else "WARNING", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}.items():
+        os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from dvc.exceptions import DvcException
@@ -360,11 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not getattr(args, "needs_root", True):  # `vitforge init`: makes the root
             return args.func(args)
-        given = args.root
+        if args.root is None and (note := checkout_note(project_root().resolve())):
+            print(note, file=sys.stderr)  # outside any project: the checkout, said
         args.root = (args.root or project_root()).resolve()
-        if given is None and not os.environ.get("VITFORGE_ROOT") and not Path.cwd().resolve().is_relative_to(args.root):
-            print(f"note: no vitforge project around {Path.cwd()}; working in the checkout {args.root} (`vitforge "
-                  "init DIR` makes a project of your own; --root names one)", file=sys.stderr)
         if not (args.root / "params.yaml").is_file():  # a mistyped --root must not grow a DVC repo and a store
             from pipeline.errors import ParamsError
 

@@ -46,6 +46,14 @@ def project_root() -> Path:
     return PACKAGE_ROOT
 
 
+def checkout_note(root: Path) -> str | None:
+    """When ``project_root()`` fell back to the checkout from a folder outside it: a line saying so."""
+    if os.environ.get("VITFORGE_ROOT") or Path.cwd().resolve().is_relative_to(root):
+        return None
+    return (f"note: no vitforge project around {Path.cwd()}; working in the checkout {root} (`vitforge init DIR` "
+            "makes a project of your own; --root names one)")
+
+
 @lru_cache(maxsize=8)
 def _load(path: str) -> dict[str, Any]:
     from pipeline.params_schema import validate
